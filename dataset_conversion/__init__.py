@@ -1,0 +1,1 @@
+"""Converters to nnU-Net v2 raw datasets with a labelled / unlabelled / test split."""

@@ -1,0 +1,26 @@
+"""Plots written next to nnU-Net's own progress.png."""
+import os
+from typing import Dict, List, Sequence
+
+import matplotlib
+
+matplotlib.use("agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_progress_panels(logged: Dict[str, List[float]], panels: Dict[str, Sequence[str]], path: str) -> None:
+    """One panel per entry of `panels` (title -> logged keys), value against epoch; atomic write."""
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), squeeze=False)
+    for ax, (title, keys) in zip(axes[:, 0], panels.items()):
+        for key in keys:
+            values = logged.get(key, [])
+            ax.plot(range(len(values)), values, label=key, linewidth=2)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.legend(loc="best")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)

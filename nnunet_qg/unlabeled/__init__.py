@@ -1,0 +1,1 @@
+"""Unlabelled images: raw layout, preprocessing with the dataset's plans, training loader."""

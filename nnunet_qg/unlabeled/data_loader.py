@@ -1,0 +1,50 @@
+"""Training batches from preprocessed unlabelled cases, through nnU-Net's own loader and augmentation."""
+from typing import List, Optional, Sequence
+
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+
+
+class nnUNetUnlabeledDatasetBlosc2(nnUNetDatasetBlosc2):
+    """nnU-Net's blosc2 dataset for cases without labels (no foreground locations stored)."""
+
+    def load_case(self, identifier):
+        data, seg, seg_prev, properties = super().load_case(identifier)
+        properties.setdefault("class_locations", None)
+        return data, seg, seg_prev, properties
+
+
+class nnUNetUnlabeledDataLoader(nnUNetDataLoader):
+    """Random patches of unlabelled cases: nnU-Net's loader with foreground oversampling off."""
+
+    def __init__(self, data: nnUNetUnlabeledDatasetBlosc2, batch_size: int, patch_size: Sequence[int],
+                 final_patch_size: Sequence[int], label_manager, transforms=None):
+        super().__init__(data, batch_size, patch_size, final_patch_size, label_manager,
+                         oversample_foreground_percent=0.0, transforms=transforms)
+        # there is no annotation to sample from, with or without an ignore label
+        self.has_ignore = False
+
+
+def shard_for_rank(identifiers: Sequence[str], rank: int, world_size: int) -> List[str]:
+    """The unlabelled cases of one DDP rank (every rank gets at least one case)."""
+    identifiers = sorted(identifiers)
+    shard = identifiers[rank::world_size]
+    return shard if shard else [identifiers[rank % len(identifiers)]]
+
+
+def worker_seeds(base_seed: int, rank: int, num_workers: int) -> List[int]:
+    """Distinct seeds for every background worker on every DDP rank."""
+    return [int((base_seed + 100_003 * rank + 7_919 * w) % (2 ** 31 - 1)) for w in range(max(num_workers, 1))]
+
+
+def make_augmenter(data_loader: nnUNetDataLoader, num_processes: int, seeds: Optional[List[int]],
+                   pin_memory: bool):
+    """Background workers as nnU-Net uses them (`nnUNet_n_proc_DA`; 0 = in the main process)."""
+    if num_processes == 0:
+        # in-process: shares the main process's random state with nnU-Net's labelled loader
+        return SingleThreadedAugmenter(data_loader, None)
+    return NonDetMultiThreadedAugmenter(data_loader=data_loader, transform=None, num_processes=num_processes,
+                                        num_cached=max(6, num_processes // 2), seeds=seeds,
+                                        pin_memory=pin_memory, wait_time=0.002)

@@ -1,0 +1,71 @@
+"""Packaging for nnunet-qg.
+
+`trainers/` and `dataset_conversion/` live at the top of the repository but install as
+`nnunet_qg.trainers` and `nnunet_qg.dataset_conversion`, so site-packages gets no generic
+top-level names. A small `nnunet_qg_ext_trainer.pth` file registers our trainer folder in
+nnU-Net's `nnUNet_extTrainer` variable at interpreter start (appending to a user's value).
+"""
+import os
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+PTH_NAME = "nnunet_qg_ext_trainer.pth"
+PTH_LINE = "import nnunet_qg.ext_trainer_path as _q; _q.register_ext_trainer_path()\n"
+
+
+class build_py_with_pth(build_py):
+    """Also place the .pth start-up hook at the root of the built package tree."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, PTH_NAME)
+        with open(target, "w") as f:
+            f.write(PTH_LINE)
+
+    def get_outputs(self, include_bytecode=1):
+        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH_NAME)]
+
+
+setup(
+    name="nnunet-qg",
+    version="0.1.0",
+    description="Quality-guided semi-supervised learning (QG-SSL) for nnU-Net v2",
+    long_description=open("README.md").read() if os.path.isfile("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=[
+        "nnunet_qg",
+        "nnunet_qg.unlabeled",
+        "nnunet_qg._ext_trainers",
+        "nnunet_qg.trainers",
+        "nnunet_qg.dataset_conversion",
+    ],
+    package_dir={
+        "nnunet_qg": "nnunet_qg",
+        "nnunet_qg.trainers": "trainers",
+        "nnunet_qg.dataset_conversion": "dataset_conversion",
+    },
+    # torch is deliberately not pinned: users install the build that fits their GPU first.
+    install_requires=[
+        "nnunetv2>=2.8,<2.9",
+        "torch",
+        "numpy",
+        "SimpleITK",
+        "batchgenerators",
+        "acvl-utils",
+        "blosc2",
+        "tqdm",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest"]},
+    cmdclass={"build_py": build_py_with_pth},
+    entry_points={
+        "console_scripts": [
+            "nnUNetv2_preprocess_unlabeled=nnunet_qg.unlabeled.preprocess:entry_point",
+            "nnUNetv2_convert_MSD_ssl=nnunet_qg.dataset_conversion.convert_msd_ssl:entry_point",
+            "nnUNetv2_qg_make_phantom=nnunet_qg.phantom:entry_point",
+            "nnUNetv2_qg_demo=nnunet_qg.demo:entry_point",
+        ]
+    },
+)

@@ -1,0 +1,67 @@
+"""Shared helpers: isolated nnU-Net folders, real console scripts in subprocesses, real data."""
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+HIPPOCAMPUS = SHARED_DATA / "hippocampus"
+requires_hippocampus = pytest.mark.skipif(
+    not (HIPPOCAMPUS / "ssl_splits.json").is_file(),
+    reason=f"real Hippocampus data not found at {HIPPOCAMPUS} (only on development and CI machines)")
+
+PHANTOM_ID = 901
+
+
+def nnunet_env(root: Path) -> Dict[str, str]:
+    """Environment with nnU-Net folders under `root` and settings for a 2-core CPU machine."""
+    env = dict(os.environ)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        env[name] = str(root / name)
+    env.update(nnUNet_n_proc_DA="0", nnUNet_def_n_proc="2", nnUNet_compile="f", PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_cli(args: List[str], env: Dict[str, str], timeout: int = 900, check: bool = True,
+            cwd: Path = None) -> subprocess.CompletedProcess:
+    """Run a console script; on failure show its output."""
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-6000:]}\n"
+                             f"STDERR:\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def plan_and_preprocess(dataset_id: int, env: Dict[str, str]) -> None:
+    """Stock planning + preprocessing, then the unlabelled images (3d_fullres)."""
+    # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which must be > 0
+    run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "3d_fullres", "-np", "2"],
+            {**env, "nnUNet_n_proc_DA": "2"})
+    run_cli(["nnUNetv2_preprocess_unlabeled", "-d", str(dataset_id), "-c", "3d_fullres", "-np", "2"], env)
+
+
+@pytest.fixture(scope="session")
+def phantom_env(tmp_path_factory) -> Dict[str, str]:
+    """A converted, planned and preprocessed phantom dataset (generated, no download)."""
+    root = tmp_path_factory.mktemp("phantom")
+    env = nnunet_env(root)
+    run_cli(["nnUNetv2_qg_make_phantom", "-o", str(root / "Task901_Phantom"), "-n", "14"], env)
+    run_cli(["nnUNetv2_convert_MSD_ssl", "-i", str(root / "Task901_Phantom"), "-d", str(PHANTOM_ID),
+             "--num-labelled", "6", "--num-test", "2", "--seed", "0"], env)
+    plan_and_preprocess(PHANTOM_ID, env)
+    return env
+
+
+@pytest.fixture
+def phantom_copy(phantom_env, tmp_path) -> Dict[str, str]:
+    """A private copy of the phantom dataset's raw and preprocessed folders, free to break."""
+    env = nnunet_env(tmp_path)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed"):
+        shutil.rmtree(env[name])
+        shutil.copytree(phantom_env[name], env[name])
+    return env

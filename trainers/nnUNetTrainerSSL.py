@@ -1,0 +1,244 @@
+"""Semi-supervised nnU-Net trainer skeleton: labelled + unlabelled batches and an EMA teacher.
+
+The unlabelled loss here is a plain Mean Teacher consistency term (softmax MSE between the
+student and the EMA teacher on a noisier view of the same patch). Subclasses replace
+`compute_unlabeled_loss`; every hyperparameter is a class attribute, variants are small
+subclasses, as in nnU-Net.
+"""
+import glob
+import os
+from typing import Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.utilities.file_and_folder_operations import join
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+from torch import distributed as dist
+
+from nnunet_qg.ema import EMATeacher
+from nnunet_qg.networks import set_deep_supervision, unwrap_network
+from nnunet_qg.plotting import plot_progress_panels
+from nnunet_qg.ramps import sigmoid_rampup
+from nnunet_qg.unlabeled.data_loader import (make_augmenter, nnUNetUnlabeledDataLoader,
+                                             nnUNetUnlabeledDatasetBlosc2, shard_for_rank, worker_seeds)
+from nnunet_qg.unlabeled.paths import preprocessed_unlabeled_folder
+from nnunet_qg.unlabeled.preprocess import check_preprocessed_unlabeled
+
+SSL_STATE_KEY = "ssl_state"
+
+
+class nnUNetTrainerSSL(nnUNetTrainer):
+    """Base semi-supervised trainer (Mean Teacher consistency as its unlabelled loss)."""
+
+    # values logged once per epoch besides nnU-Net's own (key -> output of train_step)
+    ssl_log_keys: Tuple[str, ...] = ("ssl_loss_supervised", "ssl_loss_unlabeled", "ssl_unlabeled_weight")
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.unlabeled_batch_size: Optional[int] = None  # None: same as the labelled batch size
+        self.unlabeled_num_processes: Optional[int] = None  # None: nnUNet_n_proc_DA, like nnU-Net
+        self.unlabeled_seed: Optional[int] = None  # None: drawn at start; logged and checkpointed
+        self.ema_decay = 0.99
+        self.unlabeled_loss_weight = 1.0
+        self.unlabeled_rampup_fraction = 0.2  # sigmoid ramp over this fraction of num_epochs
+        self.teacher_input_noise_std = 0.1
+
+        self.teacher: Optional[EMATeacher] = None
+        self.dataloader_unlabeled = None
+        self.unlabeled_identifiers: Optional[List[str]] = None
+        self._current_unlabeled_weight = 0.0
+        for key in self.ssl_log_keys:
+            self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
+
+    # ------------------------------------------------------------------ set-up
+    def initialize(self):
+        super().initialize()
+        self.teacher = EMATeacher(unwrap_network(self.network), self.ema_decay).to(self.device)
+        set_deep_supervision(self.teacher.module, False)
+
+    @property
+    def preprocessed_unlabeled_folder(self) -> str:
+        return preprocessed_unlabeled_folder(self.plans_manager.dataset_name,
+                                             self.configuration_manager.data_identifier)
+
+    def check_unlabeled_data(self) -> List[str]:
+        """Preprocessed unlabelled ids; a clear error if missing, stale or leaking labels."""
+        labeled = self.dataset_class.get_identifiers(self.preprocessed_dataset_folder)
+        return check_preprocessed_unlabeled(self.plans_manager.dataset_name, self.configuration_name,
+                                            self.plans_manager.plans, self.dataset_json,
+                                            self.configuration_manager.data_identifier, labeled)
+
+    def _training_transforms(self):
+        """nnU-Net's training augmentation and initial patch size, exactly as get_dataloaders builds them."""
+        rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        transforms = self.get_training_transforms(
+            self.configuration_manager.patch_size, rotation_for_DA, self._get_deep_supervision_scales(),
+            mirror_axes, do_dummy_2d_data_aug, use_mask_for_norm=self.configuration_manager.use_mask_for_norm,
+            is_cascaded=self.is_cascaded, foreground_labels=self.label_manager.foreground_labels,
+            regions=self.label_manager.foreground_regions if self.label_manager.has_regions else None,
+            ignore_label=self.label_manager.ignore_label)
+        return transforms, initial_patch_size
+
+    def get_unlabeled_dataloader(self):
+        """Unlabelled patches through nnU-Net's augmentation, in background workers."""
+        world_size = dist.get_world_size() if self.is_ddp else 1
+        identifiers = shard_for_rank(self.unlabeled_identifiers, self.local_rank, world_size)
+        dataset = nnUNetUnlabeledDatasetBlosc2(self.preprocessed_unlabeled_folder, identifiers)
+        transforms, initial_patch_size = self._training_transforms()
+        batch_size = self.unlabeled_batch_size or self.batch_size
+        loader = nnUNetUnlabeledDataLoader(dataset, batch_size, initial_patch_size,
+                                           self.configuration_manager.patch_size, self.label_manager,
+                                           transforms=transforms)
+        n_proc = get_allowed_n_proc_DA() if self.unlabeled_num_processes is None else self.unlabeled_num_processes
+        if self.unlabeled_seed is None:
+            self.unlabeled_seed = int(np.random.randint(0, 2 ** 31 - 1))
+        seeds = worker_seeds(self.unlabeled_seed, self.local_rank, n_proc)
+        self.print_to_log_file(f"Unlabelled data: {len(identifiers)} of {len(self.unlabeled_identifiers)} cases "
+                               f"on this rank, batch size {batch_size}, {n_proc} workers, seed "
+                               f"{self.unlabeled_seed}, from {self.preprocessed_unlabeled_folder}")
+        augmenter = make_augmenter(loader, n_proc, seeds, pin_memory=self.device.type == "cuda")
+        _ = next(augmenter)
+        return augmenter
+
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        # fail on bad unlabelled data before any worker starts
+        self.unlabeled_identifiers = self.check_unlabeled_data()
+        super().on_train_start()
+        if self.local_rank == 0:  # a run killed while saving leaves only a temporary file behind
+            for stale in glob.glob(join(self.output_folder, "checkpoint_*.pth.tmp-*")):
+                os.remove(stale)
+        self.dataloader_unlabeled = self.get_unlabeled_dataloader()
+
+    def on_train_end(self):
+        super().on_train_end()
+        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
+            self.dataloader_unlabeled._finish()
+        self.dataloader_unlabeled = None
+
+    # ------------------------------------------------------------------ training
+    def unlabeled_rampup_epochs(self) -> float:
+        return self.unlabeled_rampup_fraction * self.num_epochs
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self._current_unlabeled_weight = self.unlabeled_loss_weight * sigmoid_rampup(
+            self.current_epoch, self.unlabeled_rampup_epochs())
+
+    def _autocast(self):
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def compute_unlabeled_loss(self, student_logits: torch.Tensor, data_unlabeled: torch.Tensor
+                               ) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """Mean Teacher consistency: softmax MSE against the teacher on a noisier view."""
+        with torch.no_grad():
+            noisy = data_unlabeled + self.teacher_input_noise_std * torch.randn_like(data_unlabeled)
+            teacher_probs = self.label_manager.apply_inference_nonlin(self.teacher(noisy)).float()
+        student_probs = self.label_manager.apply_inference_nonlin(student_logits.float())
+        return F.mse_loss(student_probs, teacher_probs), {}
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        data_u = next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
+        n = data.shape[0]
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            # one forward pass over labelled + unlabelled patches (nnU-Net normalises per instance)
+            output = self.network(torch.cat((data, data_u)))
+            if isinstance(output, (list, tuple)):
+                output_l, logits_u = [o[:n] for o in output], output[0][n:]
+            else:
+                output_l, logits_u = output[:n], output[n:]
+            loss_sup = self.loss(output_l, target)
+            loss_u, extras = self.compute_unlabeled_loss(logits_u, data_u)
+            loss = loss_sup + self._current_unlabeled_weight * loss_u
+
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        self.teacher.update(unwrap_network(self.network))
+        return {"loss": loss.detach().cpu().numpy(),
+                "ssl_loss_supervised": loss_sup.detach().cpu().numpy(),
+                "ssl_loss_unlabeled": loss_u.detach().cpu().numpy(),
+                "ssl_unlabeled_weight": np.float64(self._current_unlabeled_weight),
+                **extras}
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        outputs = collate_outputs(train_outputs)
+        parts = []
+        for key in self.ssl_log_keys:
+            value = float(np.mean(outputs[key]))
+            if self.is_ddp:
+                gathered = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, value)
+                value = float(np.mean(gathered))
+            self.logger.log(key, value, self.current_epoch)
+            parts.append(f"{key[4:]} {value:.4f}")
+        self.print_to_log_file("SSL: " + ", ".join(parts))
+
+    def ssl_progress_panels(self) -> Dict[str, List[str]]:
+        """Panels of progress_ssl.png: title -> logged keys."""
+        return {"losses": ["ssl_loss_supervised", "ssl_loss_unlabeled"],
+                "unlabelled loss weight": ["ssl_unlabeled_weight"]}
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        if self.local_rank == 0:
+            plot_progress_panels(self.logger.local_logger.my_fantastic_logging, self.ssl_progress_panels(),
+                                 join(self.output_folder, "progress_ssl.png"))
+
+    # ------------------------------------------------------------------ checkpoints
+    def ssl_state_dict(self) -> dict:
+        """Extra state stored under `ssl_state` in nnU-Net's checkpoint."""
+        return {"teacher": self.teacher.state_dict(), "unlabeled_seed": self.unlabeled_seed}
+
+    def load_ssl_state_dict(self, state: dict) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        self.unlabeled_seed = state["unlabeled_seed"]
+
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint plus `ssl_state`, written under a temporary name and renamed.
+
+        `network_weights` stays the student's, so stock `nnUNetv2_predict` loads it unchanged.
+        """
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return super().save_checkpoint(filename)
+        tmp = f"{filename}.tmp-{os.getpid()}"
+        super().save_checkpoint(tmp)
+        checkpoint = torch.load(tmp, map_location="cpu", weights_only=False)
+        checkpoint[SSL_STATE_KEY] = self.ssl_state_dict()
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False) \
+            if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint
+        if SSL_STATE_KEY in checkpoint:
+            self.load_ssl_state_dict(checkpoint[SSL_STATE_KEY])
+        else:
+            self.print_to_log_file("Checkpoint has no semi-supervised state: the teacher starts from the "
+                                   "loaded network weights.")
+            self.teacher = EMATeacher(unwrap_network(self.network), self.ema_decay).to(self.device)
+            set_deep_supervision(self.teacher.module, False)
