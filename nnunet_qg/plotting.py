@@ -10,17 +10,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def plot_progress_panels(logged: Dict[str, List[float]], panels: Dict[str, Sequence[str]], path: str) -> None:
     """One panel per entry of `panels` (title -> logged keys), value against epoch; atomic write."""
-    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), squeeze=False)
-    for ax, (title, keys) in zip(axes[:, 0], panels.items()):
-        for key in keys:
-            values = logged.get(key, [])
-            ax.plot(range(len(values)), values, label=key, linewidth=2)
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.legend(loc="best")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
+    # nnU-Net's own plot changes seaborn's global style; draw ours in matplotlib's default style
+    with plt.style.context("default"):
+        fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.8 * len(panels)), squeeze=False)
+        for ax, (title, keys) in zip(axes[:, 0], panels.items()):
+            for key in keys:
+                values = logged.get(key, [])
+                ax.plot(range(len(values)), values, label=key, linewidth=2, marker="o", markersize=3)
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+            ax.legend(loc="best", fontsize=9)
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        tmp = f"{path}.tmp-{os.getpid()}.png"
+        fig.savefig(tmp, dpi=80)
+        plt.close(fig)
     os.replace(tmp, path)

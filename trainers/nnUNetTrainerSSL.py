@@ -199,8 +199,9 @@ class nnUNetTrainerSSL(nnUNetTrainer):
 
     def ssl_progress_panels(self) -> Dict[str, List[str]]:
         """Panels of progress_ssl.png: title -> logged keys."""
-        return {"losses": ["ssl_loss_supervised", "ssl_loss_unlabeled"],
-                "unlabelled loss weight": ["ssl_unlabeled_weight"]}
+        return {"supervised loss (Dice + CE)": ["ssl_loss_supervised"],
+                "unlabelled loss": ["ssl_loss_unlabeled"],
+                "unlabelled loss weight (ramp)": ["ssl_unlabeled_weight"]}
 
     def on_epoch_end(self):
         super().on_epoch_end()

@@ -22,12 +22,12 @@ class nnUNetTrainerSSL_debug(nnUNetTrainerSSL):
 
 
 class nnUNetTrainerSSL_demo(nnUNetTrainerSSL_debug):
-    """The CPU demo's budget: 8 epochs x 12 iterations, batch size at most 2."""
+    """The CPU demo's budget: 16 epochs x 12 iterations, batch size at most 2."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 8
+        self.num_epochs = 16
         self.num_iterations_per_epoch = 12
         self.num_val_iterations_per_epoch = 3
-        self.save_every = 4
+        self.save_every = 5
