@@ -7,7 +7,7 @@ nnU-Net's `nnUNet_extTrainer` variable at interpreter start (appending to a user
 """
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 PTH_NAME = "nnunet_qg_ext_trainer.pth"
@@ -34,13 +34,8 @@ setup(
     long_description=open("README.md").read() if os.path.isfile("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=[
-        "nnunet_qg",
-        "nnunet_qg.unlabeled",
-        "nnunet_qg._ext_trainers",
-        "nnunet_qg.trainers",
-        "nnunet_qg.dataset_conversion",
-    ],
+    packages=["nnunet_qg", "nnunet_qg.trainers", "nnunet_qg.dataset_conversion"]
+    + ["nnunet_qg." + p for p in find_packages("nnunet_qg")],
     package_dir={
         "nnunet_qg": "nnunet_qg",
         "nnunet_qg.trainers": "trainers",

@@ -26,3 +26,28 @@ def plot_progress_panels(logged: Dict[str, List[float]], panels: Dict[str, Seque
         fig.savefig(tmp, dpi=80)
         plt.close(fig)
     os.replace(tmp, path)
+
+
+def plot_calibration(pairs: Dict[str, "tuple"], label_names: Sequence[str], summary: Dict[str, dict],
+                     path: str, title: str) -> None:
+    """Predicted vs true Dice scatter, one panel per kind (e.g. 'real', 'corrupted'), a colour per label."""
+    with plt.style.context("default"):
+        fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 5), squeeze=False)
+        for ax, (kind, (predicted, true)) in zip(axes[0], pairs.items()):
+            for i, name in enumerate(label_names):
+                ax.scatter(true[:, i], predicted[:, i], s=8, alpha=0.5, label=str(name))
+            ax.plot([0, 1], [0, 1], "k--", linewidth=1)
+            m = summary[kind]["mean"]
+            ax.set_title(f"{kind}: MAE {m['mae']:.3f}, Pearson {m['pearson']:.3f} (n={len(true)})", fontsize=10)
+            ax.set_xlabel("true Dice")
+            ax.set_ylabel("predicted Dice")
+            ax.set_xlim(-0.02, 1.02)
+            ax.set_ylim(-0.02, 1.02)
+            ax.legend(loc="upper left", fontsize=8)
+            ax.grid(alpha=0.3)
+        fig.suptitle(title)
+        fig.tight_layout()
+        tmp = f"{path}.tmp-{os.getpid()}.png"
+        fig.savefig(tmp, dpi=80)
+        plt.close(fig)
+        os.replace(tmp, path)

@@ -38,6 +38,8 @@ class nnUNetTrainerSSL(nnUNetTrainer):
 
     # values logged once per epoch besides nnU-Net's own (key -> output of train_step)
     ssl_log_keys: Tuple[str, ...] = ("ssl_loss_supervised", "ssl_loss_unlabeled", "ssl_unlabeled_weight")
+    # values logged once per epoch from validation (by subclasses)
+    ssl_val_log_keys: Tuple[str, ...] = ()
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -54,7 +56,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         self.dataloader_unlabeled = None
         self.unlabeled_identifiers: Optional[List[str]] = None
         self._current_unlabeled_weight = 0.0
-        for key in self.ssl_log_keys:
+        for key in self.ssl_log_keys + self.ssl_val_log_keys:
             self.logger.local_logger.my_fantastic_logging.setdefault(key, [])
 
     # ------------------------------------------------------------------ set-up
@@ -129,10 +131,13 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     def unlabeled_rampup_epochs(self) -> float:
         return self.unlabeled_rampup_fraction * self.num_epochs
 
+    def unlabeled_weight_at(self, epoch: int) -> float:
+        """Weight of the unlabelled loss in an epoch: `unlabeled_loss_weight` times a sigmoid ramp."""
+        return self.unlabeled_loss_weight * sigmoid_rampup(epoch, self.unlabeled_rampup_epochs())
+
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
-        self._current_unlabeled_weight = self.unlabeled_loss_weight * sigmoid_rampup(
-            self.current_epoch, self.unlabeled_rampup_epochs())
+        self._current_unlabeled_weight = self.unlabeled_weight_at(self.current_epoch)
 
     def _autocast(self):
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
@@ -146,24 +151,33 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         student_probs = self.label_manager.apply_inference_nonlin(student_logits.float())
         return F.mse_loss(student_probs, teacher_probs), {}
 
+    def after_train_step(self, data: torch.Tensor, target, output_labeled) -> Dict[str, float]:
+        """Hook after the optimizer step (subclasses train helpers here); returns values to log."""
+        return {}
+
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
-        data_u = next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
+        # while the unlabelled loss weight is 0 (ramp or warm-up) no unlabelled batch is drawn
+        use_unlabeled = self._current_unlabeled_weight > 0
+        data_u = next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True) if use_unlabeled else None
         n = data.shape[0]
 
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             # one forward pass over labelled + unlabelled patches (nnU-Net normalises per instance)
-            output = self.network(torch.cat((data, data_u)))
+            output = self.network(torch.cat((data, data_u)) if use_unlabeled else data)
             if isinstance(output, (list, tuple)):
                 output_l, logits_u = [o[:n] for o in output], output[0][n:]
             else:
                 output_l, logits_u = output[:n], output[n:]
             loss_sup = self.loss(output_l, target)
-            loss_u, extras = self.compute_unlabeled_loss(logits_u, data_u)
+            if use_unlabeled:
+                loss_u, extras = self.compute_unlabeled_loss(logits_u, data_u)
+            else:
+                loss_u, extras = torch.zeros((), device=self.device), {}
             loss = loss_sup + self._current_unlabeled_weight * loss_u
 
         if self.grad_scaler is not None:
@@ -177,6 +191,8 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
         self.teacher.update(unwrap_network(self.network))
+        extras.update(self.after_train_step(data, target, [o.detach() for o in output_l]
+                                            if isinstance(output_l, list) else output_l.detach()))
         return {"loss": loss.detach().cpu().numpy(),
                 "ssl_loss_supervised": loss_sup.detach().cpu().numpy(),
                 "ssl_loss_unlabeled": loss_u.detach().cpu().numpy(),
@@ -194,7 +210,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
                 dist.all_gather_object(gathered, value)
                 value = float(np.mean(gathered))
             self.logger.log(key, value, self.current_epoch)
-            parts.append(f"{key[4:]} {value:.4f}")
+            parts.append(f"{key[4:] if key.startswith('ssl_') else key} {value:.4f}")
         self.print_to_log_file("SSL: " + ", ".join(parts))
 
     def ssl_progress_panels(self) -> Dict[str, List[str]]:

@@ -1,0 +1,1 @@
+"""The quality predictor g(image, mask) -> Dice per label: corruptions, network, metrics."""

@@ -1,0 +1,26 @@
+"""Agreement between predicted and true Dice: MAE, Pearson, Spearman (per label)."""
+from typing import Dict
+
+import numpy as np
+from scipy import stats
+
+
+def agreement(predicted: np.ndarray, true: np.ndarray) -> Dict[str, float]:
+    """MAE, Pearson and Spearman of two 1-D arrays (correlations are nan when undefined)."""
+    predicted, true = np.asarray(predicted, float), np.asarray(true, float)
+    out = {"n": int(len(true)), "mae": float(np.mean(np.abs(predicted - true))) if len(true) else float("nan"),
+           "pearson": float("nan"), "spearman": float("nan")}
+    if len(true) >= 3 and np.std(true) > 0 and np.std(predicted) > 0:
+        out["pearson"] = float(stats.pearsonr(predicted, true)[0])
+        out["spearman"] = float(stats.spearmanr(predicted, true)[0])
+    return out
+
+
+def agreement_per_label(predicted: np.ndarray, true: np.ndarray, label_names) -> Dict[str, Dict[str, float]]:
+    """`agreement` for each column of (N, L) arrays, plus 'mean' over labels."""
+    per_label = {str(name): agreement(predicted[:, i], true[:, i]) for i, name in enumerate(label_names)}
+    keys = ("mae", "pearson", "spearman")
+    per_label["mean"] = {k: float(np.nanmean([v[k] for v in per_label.values()])) if per_label else float("nan")
+                         for k in keys}
+    per_label["mean"]["n"] = int(len(true))
+    return per_label

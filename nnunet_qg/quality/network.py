@@ -1,0 +1,67 @@
+"""The quality predictor network g(image, mask) -> predicted Dice per foreground label.
+
+A compact residual encoder built from dynamic_network_architectures' blocks (the library nnU-Net's
+own networks come from), global average pooling and the paper's small head
+(Dropout -> Linear -> ReLU -> Dropout -> Linear -> sigmoid). Dimension follows the patch size.
+"""
+import os
+from typing import Dict, List, Sequence
+
+import torch
+from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
+from torch import nn
+
+
+def encoder_strides(patch_size: Sequence[int], num_stages: int) -> List[List[int]]:
+    """Stride 2 along every axis still at least 8 voxels long, from the first stage on.
+
+    g only needs a global judgement, so nothing runs at full resolution: this keeps it a small
+    fraction of the segmentation network's cost."""
+    size = list(patch_size)
+    strides = []
+    for _ in range(num_stages):
+        s = [2 if x >= 8 else 1 for x in size]
+        size = [x // st for x, st in zip(size, s)]
+        strides.append(s)
+    return strides
+
+
+class QualityPredictor(nn.Module):
+    """g: (image channels + one channel per foreground label) -> sigmoid Dice per label."""
+
+    def __init__(self, image_channels: int, num_labels: int, patch_size: Sequence[int],
+                 features: Sequence[int] = (16, 32, 64, 128), hidden: int = 128, dropout: float = 0.2):
+        super().__init__()
+        self.config: Dict = {"image_channels": int(image_channels), "num_labels": int(num_labels),
+                             "patch_size": [int(p) for p in patch_size], "features": [int(f) for f in features],
+                             "hidden": int(hidden), "dropout": float(dropout)}
+        dim = len(patch_size)
+        self.encoder = ResidualEncoder(
+            input_channels=image_channels + num_labels, n_stages=len(features), features_per_stage=list(features),
+            conv_op=nn.Conv3d if dim == 3 else nn.Conv2d, kernel_sizes=3,
+            strides=encoder_strides(patch_size, len(features)), n_blocks_per_stage=1, conv_bias=True,
+            norm_op=nn.InstanceNorm3d if dim == 3 else nn.InstanceNorm2d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+            nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, return_skips=False,
+            disable_default_stem=True)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(features[-1], hidden), nn.ReLU(inplace=True),
+                                  nn.Dropout(dropout), nn.Linear(hidden, num_labels))
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """image (B, C, ...), mask (B, L, ...) probabilities or one-hot -> (B, L) predicted Dice."""
+        features = self.encoder(torch.cat((image, mask.to(image.dtype)), 1))
+        return torch.sigmoid(self.head(features.flatten(2).mean(2)).float())
+
+
+def save_quality_predictor(model: QualityPredictor, path: str) -> None:
+    """Weights and config in a file of their own (loadable with weights_only=True); atomic write."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save({"config": model.config, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp)
+    os.replace(tmp, path)
+
+
+def load_quality_predictor(path: str, device: torch.device = torch.device("cpu")) -> QualityPredictor:
+    """Load a file written by save_quality_predictor; safe loading (weights only), eval mode."""
+    saved = torch.load(path, map_location=device, weights_only=True)
+    model = QualityPredictor(**saved["config"])
+    model.load_state_dict(saved["state_dict"])
+    return model.to(device).eval()

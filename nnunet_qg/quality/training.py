@@ -1,0 +1,122 @@
+"""Training and measuring the quality predictor on nnU-Net batches (the warm-up of METHOD.md).
+
+g learns from (a) corrupted ground-truth patches of the labelled batch and (b) the segmentation
+network's own current predictions on the same patches (detached), each with its exact Dice.
+"""
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nnunet_qg.quality.corruptions import MaskCorruptor
+from nnunet_qg.quality.dice import soft_dice_per_label
+from nnunet_qg.quality.network import QualityPredictor
+
+
+def one_hot_foreground(label_map: torch.Tensor, labels: Sequence[int]) -> torch.Tensor:
+    """(B, 1, ...) integer label map -> (B, L, ...) float one-hot of the foreground labels."""
+    return torch.cat([(label_map == l) for l in labels], 1).float()
+
+
+class QualityPredictorTrainer:
+    """Owns g, its optimizer and its random state; trains it and measures it on batches."""
+
+    def __init__(self, model: QualityPredictor, labels: Sequence[int], all_labels: Sequence[int],
+                 lr: float = 1e-3, weight_decay: float = 1e-4, real_fraction: float = 0.5,
+                 soft_fraction: float = 0.5, category_probabilities: Optional[Dict[str, float]] = None,
+                 seed: int = 0, train_model: Optional[nn.Module] = None):
+        self.model = model
+        self.train_model = train_model if train_model is not None else model  # e.g. DDP-wrapped g
+        self.labels = [int(l) for l in labels]
+        self.all_labels = [int(l) for l in all_labels]
+        self.real_fraction = real_fraction
+        self.soft_fraction = soft_fraction
+        self.corruptor = MaskCorruptor(self.labels, category_probabilities)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.rng = np.random.default_rng(seed)
+        self.frozen = False
+
+    # ----------------------------------------------------------------- samples
+    def predicted_label_map(self, seg_logits: torch.Tensor) -> torch.Tensor:
+        channel = seg_logits.argmax(1, keepdim=True)
+        return torch.as_tensor(self.all_labels, device=seg_logits.device)[channel]
+
+    def real_samples(self, target: torch.Tensor, seg_logits: torch.Tensor, soft: bool):
+        """Masks from the network's predictions (one-hot or softmax) and their true Dice."""
+        pred = self.predicted_label_map(seg_logits)
+        truth = soft_dice_per_label(one_hot_foreground(pred, self.labels), one_hot_foreground(target, self.labels))
+        if soft:
+            probs = torch.softmax(seg_logits.float(), 1)
+            mask = probs[:, [self.all_labels.index(l) for l in self.labels]]
+        else:
+            mask = one_hot_foreground(pred, self.labels)
+        return mask, truth
+
+    def corrupted_samples(self, target: torch.Tensor):
+        """Corrupted ground-truth masks (CPU, numpy) and their exact Dice."""
+        maps = target[:, 0].cpu().numpy().astype(np.int16)
+        masks, dice = [], []
+        for i in range(len(maps)):
+            result = self.corruptor.corrupt(maps[i], self.rng, others=[maps[j] for j in range(len(maps)) if j != i])
+            masks.append(result.mask)
+            dice.append(result.dice)
+        label_map = torch.from_numpy(np.stack(masks)[:, None]).to(target.device)
+        return one_hot_foreground(label_map, self.labels), torch.from_numpy(np.stack(dice)).to(target.device)
+
+    def training_samples(self, target: torch.Tensor, seg_logits: torch.Tensor):
+        """Per sample: the network's prediction with probability real_fraction, else a corruption."""
+        corrupted_mask, corrupted_dice = self.corrupted_samples(target)
+        real_mask, real_dice = self.real_samples(target, seg_logits, soft=self.rng.random() < self.soft_fraction)
+        use_real = torch.from_numpy(self.rng.random(len(target)) < self.real_fraction).to(target.device)
+        shape = (-1,) + (1,) * (real_mask.ndim - 1)
+        mask = torch.where(use_real.view(shape), real_mask, corrupted_mask)
+        dice = torch.where(use_real.view(-1, 1), real_dice, corrupted_dice)
+        return mask, dice
+
+    # ----------------------------------------------------------------- training
+    def train_step(self, images: torch.Tensor, target: torch.Tensor, seg_logits: torch.Tensor, autocast_ctx) -> float:
+        """One optimizer step of g (SmoothL1 on Dice); returns the loss."""
+        mask, dice = self.training_samples(target, seg_logits)
+        self.train_model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast_ctx:
+            predicted = self.train_model(images, mask)
+        loss = F.smooth_l1_loss(predicted.float(), dice.float(), beta=0.1)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def freeze(self) -> None:
+        """Eval mode and no parameter updates; g stays differentiable with respect to its mask input."""
+        self.model.eval()
+        self.model.requires_grad_(False)
+        self.frozen = True
+
+    @torch.no_grad()
+    def measure_batch(self, images: torch.Tensor, target: torch.Tensor, seg_logits: torch.Tensor,
+                      autocast_ctx) -> Dict[str, List[np.ndarray]]:
+        """Predicted and true Dice on real predictions and on corrupted masks of one batch."""
+        was_training = self.model.training
+        self.model.eval()
+        out = {}
+        real_mask, real_dice = self.real_samples(target, seg_logits, soft=False)
+        corrupted_mask, corrupted_dice = self.corrupted_samples(target)
+        with autocast_ctx:
+            out["real"] = (self.model(images, real_mask).float().cpu().numpy(), real_dice.cpu().numpy())
+            out["corrupted"] = (self.model(images, corrupted_mask).float().cpu().numpy(), corrupted_dice.cpu().numpy())
+        self.model.train(was_training and not self.frozen)
+        return out
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": self.rng.bit_generator.state, "frozen": self.frozen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        if state["frozen"]:
+            self.freeze()

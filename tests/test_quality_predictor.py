@@ -1,0 +1,111 @@
+"""The quality predictor network: shapes, freezing, saving, and that it learns (beats a constant)."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import HIPPOCAMPUS, requires_hippocampus
+from nnunet_qg.phantom import make_phantom_case
+from nnunet_qg.quality.network import QualityPredictor, load_quality_predictor, save_quality_predictor
+from nnunet_qg.quality.training import QualityPredictorTrainer, one_hot_foreground
+from nnunet_qg.quality.metrics import agreement
+
+
+@pytest.mark.parametrize("patch,channels", [((24, 32, 24), 1), ((64, 48), 3)])
+def test_output_shape_range_and_size(patch, channels):
+    g = QualityPredictor(channels, 2, patch)
+    q = g(torch.randn(3, channels, *patch), torch.rand(3, 2, *patch))
+    assert q.shape == (3, 2) and bool(((q >= 0) & (q <= 1)).all())
+    assert sum(p.numel() for p in g.parameters()) < 2_000_000
+
+
+def test_frozen_predictor_passes_gradients_but_is_not_updated():
+    g = QualityPredictor(1, 2, (16, 16, 16))
+    trainer = QualityPredictorTrainer(g, [1, 2], [0, 1, 2])
+    trainer.freeze()
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    mask = torch.rand(2, 2, 16, 16, 16, requires_grad=True)
+    (1 - g(torch.randn(2, 1, 16, 16, 16), mask).mean()).backward()
+    assert mask.grad is not None and mask.grad.abs().sum() > 0
+    assert all(p.grad is None for p in g.parameters()) and not g.training
+    trainer.optimizer.step()
+    assert all(torch.equal(before[k], v) for k, v in g.state_dict().items())
+
+
+def test_save_and_safe_load_round_trip(tmp_path):
+    g = QualityPredictor(1, 2, (16, 24, 16)).eval()
+    path = tmp_path / "g.pth"
+    save_quality_predictor(g, str(path))
+    torch.load(path, weights_only=True)  # safe loading works on the file itself
+    loaded = load_quality_predictor(str(path))
+    x, m = torch.randn(2, 1, 16, 24, 16), torch.rand(2, 2, 16, 24, 16)
+    assert torch.allclose(g(x, m), loaded(x, m))
+
+
+def _phantom_cases(n):
+    rng = np.random.RandomState(0)
+    cases = [make_phantom_case(rng, (24, 32, 24)) for _ in range(n)]
+    return [((img - img.mean()) / img.std(), lab.astype(np.int16)) for img, lab in cases]
+
+
+def _hippocampus_cases(n):
+    cases = []
+    for f in sorted((HIPPOCAMPUS / "imagesTr").glob("*.nii.gz"))[:n]:
+        img = sitk.GetArrayFromImage(sitk.ReadImage(str(f))).astype(np.float32)
+        lab = sitk.GetArrayFromImage(sitk.ReadImage(str(HIPPOCAMPUS / "labelsTr" / f.name))).astype(np.int16)
+        pad = [(0, max(0, s - d)) for s, d in zip((40, 48, 40), img.shape)]
+        img, lab = np.pad(img, pad)[:40, :48, :40], np.pad(lab, pad)[:40, :48, :40]
+        cases.append(((img - img.mean()) / (img.std() + 1e-8), lab))
+    return cases
+
+
+def _learns(cases, steps: int):
+    torch.manual_seed(0)
+    train, held_out = cases[:-4], cases[-4:]
+    shape = train[0][0].shape
+    g = QualityPredictor(1, 2, shape)
+    trainer = QualityPredictorTrainer(g, [1, 2], [0, 1, 2], lr=2e-3, real_fraction=0.0, seed=0)
+    images = torch.from_numpy(np.stack([c[0] for c in train])[:, None])
+    targets = torch.from_numpy(np.stack([c[1] for c in train])[:, None])
+    fake_logits = torch.zeros(len(train), 3, *shape)  # unused: real_fraction = 0
+    seen = []
+    for step in range(steps):
+        idx = torch.randperm(len(train))[:6]
+        mask, dice = trainer.corrupted_samples(targets[idx])
+        seen.append(dice.numpy())
+        trainer.optimizer.zero_grad()
+        loss = torch.nn.functional.smooth_l1_loss(g.train()(images[idx], mask), dice, beta=0.1)
+        loss.backward()
+        trainer.optimizer.step()
+    # held-out cases, fresh corruptions
+    trainer.rng = np.random.default_rng(99)
+    images_h = torch.from_numpy(np.stack([c[0] for c in held_out])[:, None])
+    targets_h = torch.from_numpy(np.stack([c[1] for c in held_out])[:, None])
+    predicted, true = [], []
+    g.eval()
+    with torch.no_grad():
+        for _ in range(10):
+            mask, dice = trainer.corrupted_samples(targets_h)
+            predicted.append(g(images_h, mask).numpy())
+            true.append(dice.numpy())
+    predicted, true = np.concatenate(predicted).ravel(), np.concatenate(true).ravel()
+    constant = np.full_like(true, np.concatenate(seen).mean())
+    return agreement(predicted, true), agreement(constant, true)
+
+
+def test_predictor_learns_on_phantom():
+    learned, constant = _learns(_phantom_cases(14), steps=300)
+    assert learned["mae"] < 0.8 * constant["mae"], (learned, constant)
+    assert learned["pearson"] > 0.5, learned
+
+
+@requires_hippocampus
+def test_predictor_learns_on_real_hippocampus():
+    learned, constant = _learns(_hippocampus_cases(14), steps=300)
+    assert learned["mae"] < 0.8 * constant["mae"], (learned, constant)
+    assert learned["pearson"] > 0.5, learned
+
+
+def test_one_hot_foreground():
+    lm = torch.tensor([[[0, 1, 2, 2]]])
+    assert one_hot_foreground(lm, [1, 2]).tolist() == [[[0, 1, 0, 0], [0, 0, 1, 1]]]

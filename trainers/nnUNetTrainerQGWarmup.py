@@ -1,0 +1,170 @@
+"""Semi-supervised trainer with the quality predictor's warm-up (METHOD.md sections 1-2).
+
+During the first `warmup_epochs` the segmentation network trains as in nnU-Net (no unlabelled
+loss) and the quality predictor g trains alongside it with its own optimizer; then g is frozen.
+At every validation g is measured on the fold's validation patches, on the network's real
+predictions and on corrupted masks. The unlabelled loss (Mean Teacher here; the quality-guided
+losses in subclasses) ramps up after the warm-up.
+"""
+import math
+import os
+from typing import Dict, List
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nnunet_qg.atomic import atomic_write_json
+from nnunet_qg.plotting import plot_calibration
+from nnunet_qg.quality.metrics import agreement_per_label
+from nnunet_qg.quality.network import QualityPredictor, save_quality_predictor
+from nnunet_qg.quality.training import QualityPredictorTrainer
+from nnunet_qg.ramps import sigmoid_rampup
+from nnunet_qg.trainers.nnUNetTrainerSSL import nnUNetTrainerSSL
+
+QUALITY_PREDICTOR_FILE = "quality_predictor.pth"
+
+
+class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
+    """nnUNetTrainerSSL + quality predictor warm-up, freezing and measurement."""
+
+    ssl_log_keys = nnUNetTrainerSSL.ssl_log_keys + ("qg_train_loss",)
+    ssl_val_log_keys = ("qg_val_real_mae", "qg_val_real_pearson", "qg_val_real_spearman",
+                        "qg_val_corrupted_mae", "qg_val_corrupted_pearson", "qg_val_corrupted_spearman")
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.quality_warmup_fraction = 0.15  # of num_epochs (the paper's PL-QW starts at 15/200)
+        self.quality_lr = 1e-3
+        self.quality_weight_decay = 1e-4
+        self.quality_real_fraction = 0.5  # share of g's samples that are the network's own predictions
+        self.quality_soft_fraction = 0.5  # share of those given as softmax maps instead of one-hot
+        self.quality_category_probabilities = None  # None: the paper's mixture
+        self.quality_features = (16, 32, 64, 128)
+        self.quality_seed = 12345
+        self.quality = None  # QualityPredictorTrainer, set in initialize()
+        self._quality_val: List[Dict] = []
+        self._capture = []
+
+    @property
+    def warmup_epochs(self) -> int:
+        return max(1, int(round(self.quality_warmup_fraction * self.num_epochs)))
+
+    @property
+    def quality_predictor(self) -> QualityPredictor:
+        return self.quality.model
+
+    def initialize(self):
+        if self.label_manager.has_regions or self.label_manager.has_ignore_label:
+            raise RuntimeError(
+                f"{self.__class__.__name__} supports label maps without regions or an ignore label; "
+                f"dataset.json of {self.plans_manager.dataset_name} uses "
+                f"{'regions' if self.label_manager.has_regions else 'an ignore label'}. Train it with "
+                f"nnUNetTrainerSSL or remove them from dataset.json.")
+        super().initialize()
+        model = QualityPredictor(self.num_input_channels, len(self.label_manager.foreground_labels),
+                                 self.configuration_manager.patch_size, self.quality_features).to(self.device)
+        train_model = DDP(model, device_ids=[self.local_rank]) if self.is_ddp else model  # synchronised updates
+        self.quality = QualityPredictorTrainer(
+            model, self.label_manager.foreground_labels, self.label_manager.all_labels, self.quality_lr,
+            self.quality_weight_decay, self.quality_real_fraction, self.quality_soft_fraction,
+            self.quality_category_probabilities, seed=self.quality_seed + 1000 * self.local_rank,
+            train_model=train_model)
+
+    # ------------------------------------------------------------------ schedule
+    def unlabeled_weight_at(self, epoch: int) -> float:
+        """No unlabelled loss during the warm-up; afterwards the ramp starts from the warm-up's end."""
+        if epoch < self.warmup_epochs:
+            return 0.0
+        return self.unlabeled_loss_weight * sigmoid_rampup(epoch - self.warmup_epochs, self.unlabeled_rampup_epochs())
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        if self.current_epoch >= self.warmup_epochs and not self.quality.frozen:
+            self.quality.freeze()
+            self.print_to_log_file(f"Quality predictor frozen after {self.warmup_epochs} warm-up epochs.")
+
+    def after_train_step(self, data, target, output_labeled) -> Dict[str, float]:
+        if self.quality.frozen:
+            return {"qg_train_loss": np.float64(np.nan)}
+        target0 = target[0] if isinstance(target, list) else target
+        logits0 = output_labeled[0] if isinstance(output_labeled, list) else output_labeled
+        return {"qg_train_loss": np.float64(self.quality.train_step(data, target0, logits0, self._autocast()))}
+
+    # ------------------------------------------------------------------ measurement
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        self._quality_val = []
+
+    def validation_step(self, batch: dict) -> dict:
+        captured = []
+        handle = self.network.register_forward_hook(lambda module, inputs, output: captured.append(output))
+        try:
+            result = super().validation_step(batch)
+        finally:
+            handle.remove()
+        output = captured[-1]
+        logits = output[0] if isinstance(output, (list, tuple)) else output
+        target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
+        self._quality_val.append(self.quality.measure_batch(batch["data"].to(self.device), target.to(self.device),
+                                                            logits, self._autocast()))
+        return result
+
+    def quality_summary(self) -> Dict[str, Dict]:
+        """MAE/Pearson/Spearman per label on this validation's real and corrupted masks."""
+        names = [str(l) for l in self.label_manager.foreground_labels]
+        out = {}
+        for kind in ("real", "corrupted"):
+            predicted = np.concatenate([b[kind][0] for b in self._quality_val])
+            true = np.concatenate([b[kind][1] for b in self._quality_val])
+            out[kind] = {"pairs": (predicted, true), **agreement_per_label(predicted, true, names)}
+        return out
+
+    def on_validation_epoch_end(self, val_outputs):
+        super().on_validation_epoch_end(val_outputs)
+        summary = self.quality_summary()  # on DDP: rank 0's validation patches (nnU-Net shards val too)
+        for kind in ("real", "corrupted"):
+            for metric in ("mae", "pearson", "spearman"):
+                self.logger.log(f"qg_val_{kind}_{metric}", summary[kind]["mean"][metric], self.current_epoch)
+            per_label = ", ".join(f"label {k}: MAE {v['mae']:.3f} r {v['pearson']:.3f} rho {v['spearman']:.3f}"
+                                  for k, v in summary[kind].items() if k not in ("mean", "pairs"))
+            self.print_to_log_file(f"Quality predictor on validation ({kind} masks): {per_label}")
+        if self.local_rank == 0:
+            pairs = {k: summary[k]["pairs"] for k in ("real", "corrupted")}
+            names = [str(l) for l in self.label_manager.foreground_labels]
+            stage = "warm-up" if self.current_epoch < self.warmup_epochs else "frozen"
+            plot_calibration(pairs, names, summary, join(self.output_folder, "quality_calibration.png"),
+                             f"Quality predictor, epoch {self.current_epoch} ({stage})")
+            if self.current_epoch == self.warmup_epochs - 1:
+                self._write_warmup_report(summary, pairs, names)
+
+    def _write_warmup_report(self, summary, pairs, names) -> None:
+        """At the end of the warm-up: calibration plot, metrics JSON and g's own weights file."""
+        plot_calibration(pairs, names, summary, join(self.output_folder, "quality_calibration_warmup_end.png"),
+                         f"Quality predictor at the end of warm-up (epoch {self.current_epoch})")
+        report = {kind: {k: v for k, v in summary[kind].items() if k != "pairs"} for kind in summary}
+        report["epoch"] = self.current_epoch
+        atomic_write_json(report, join(self.output_folder, "quality_warmup_metrics.json"))
+        save_quality_predictor(self.quality_predictor, join(self.output_folder, QUALITY_PREDICTOR_FILE))
+        m = summary["real"]["mean"]
+        self.print_to_log_file(f"Quality predictor after warm-up, real predictions: MAE {m['mae']:.4f}, "
+                               f"Pearson {m['pearson']:.4f}, Spearman {m['spearman']:.4f}")
+
+    def ssl_progress_panels(self) -> Dict[str, List[str]]:
+        panels = super().ssl_progress_panels()
+        panels["quality predictor training loss (warm-up)"] = ["qg_train_loss"]
+        panels["quality predictor on validation: MAE"] = ["qg_val_real_mae", "qg_val_corrupted_mae"]
+        panels["quality predictor on validation: correlation"] = ["qg_val_real_pearson", "qg_val_real_spearman",
+                                                                   "qg_val_corrupted_pearson"]
+        return panels
+
+    # ------------------------------------------------------------------ checkpoints
+    def ssl_state_dict(self) -> dict:
+        return {**super().ssl_state_dict(), "quality": self.quality.state_dict()}
+
+    def load_ssl_state_dict(self, state: dict) -> None:
+        super().load_ssl_state_dict(state)
+        if "quality" in state:
+            self.quality.load_state_dict(state["quality"])
