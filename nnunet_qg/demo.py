@@ -82,7 +82,7 @@ def run_demo(output: str, data: Optional[str], dataset_id: int, num_labelled: in
          env, join(logs, "preprocess_unlabeled.log"))
     _stage(5, f"Training {trainer} on the CPU (nnUNetv2_train)")
     _run(["nnUNetv2_train", str(dataset_id), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], env,
-         join(logs, "train.log"), echo=("Epoch ", "SSL:", "Pseudo dice", "Mean Validation Dice"))
+         join(logs, "train.log"), echo=("Epoch ", "SSL:", "Pseudo dice", "Quality predictor", "Mean Validation Dice"))
     _stage(6, "Predicting and evaluating the held-out test cases (nnUNetv2_predict, nnUNetv2_evaluate_simple)")
     raw = join(output, "nnUNet_raw", [d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{dataset_id:03d}_")][0])
     predictions = join(output, "predictions")
@@ -107,7 +107,15 @@ def _print_table(summary: dict, labels: List[int], model_folder: str, prediction
     for label in labels:
         print(f"  {label:<8}{summary['mean'][str(label)]['Dice']:>8.4f}")
     print(f"  {'mean':<8}{summary['foreground_mean']['Dice']:>8.4f}")
-    print(f"\nModel folder: {model_folder}\n  (progress.png, progress_ssl.png, checkpoint_final.pth)")
+    metrics_file = join(model_folder, "quality_warmup_metrics.json")
+    if os.path.isfile(metrics_file):
+        metrics = json.load(open(metrics_file))
+        print("\nQuality predictor after warm-up (validation patches, predicted vs true Dice):")
+        for kind in ("real", "corrupted"):
+            m = metrics[kind]["mean"]
+            print(f"  {kind + ' masks':<16} MAE {m['mae']:.3f}  Pearson {m['pearson']:.3f}  (n={m['n']})")
+    print(f"\nModel folder: {model_folder}\n  (progress.png, progress_ssl.png, quality_calibration*.png, "
+          f"checkpoint_final.pth)")
     print(f"Predictions and summary.json: {predictions}")
 
 
@@ -120,12 +128,12 @@ def entry_point() -> None:
     parser.add_argument("--num-labelled", type=int, default=6)
     parser.add_argument("--max-unlabelled", type=int, default=None)
     parser.add_argument("--max-test", type=int, default=4)
-    parser.add_argument("--trainer", default="nnUNetTrainerSSL_demo")
+    parser.add_argument("--trainer", default="nnUNetTrainerQGSSL_demo")
     parser.add_argument("--smoke", action="store_true", help="Smallest setting (for CI): debug trainer, 12 cases")
     args = parser.parse_args()
     started = time.time()
     if args.smoke:
-        args.trainer, num_cases, args.max_test = "nnUNetTrainerSSL_debug", 12, 2
+        args.trainer, num_cases, args.max_test = "nnUNetTrainerQGSSL_debug", 12, 2
     else:
         num_cases = 20
     run_demo(args.output, args.data, args.dataset_id, args.num_labelled, args.max_unlabelled, args.max_test,

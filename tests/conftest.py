@@ -1,7 +1,9 @@
 """Shared helpers: isolated nnU-Net folders, real console scripts in subprocesses, real data."""
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -35,6 +37,19 @@ def run_cli(args: List[str], env: Dict[str, str], timeout: int = 900, check: boo
         raise AssertionError(f"{' '.join(args)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-6000:]}\n"
                              f"STDERR:\n{proc.stderr[-6000:]}")
     return proc
+
+
+def kill_after_first_checkpoint(cmd: List[str], env: Dict[str, str], fold: Path, timeout: int = 600) -> None:
+    """Start a training and kill it (SIGKILL, whole process group) once checkpoint_latest.pth exists."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while not (fold / "checkpoint_latest.pth").is_file():
+        assert proc.poll() is None, proc.stdout.read()[-4000:]
+        assert time.time() < deadline, "no checkpoint in time"
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def plan_and_preprocess(dataset_id: int, env: Dict[str, str]) -> None:

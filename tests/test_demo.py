@@ -14,5 +14,5 @@ def test_demo_smoke(tmp_path):
     assert len(summary["metric_per_case"]) == 2
     mean_dice = summary["foreground_mean"]["Dice"]
     assert f"{mean_dice:>8.4f}" in proc.stdout and 0.0 <= mean_dice <= 1.0
-    assert (out / "nnUNet_results" / "Dataset901_Phantom" / "nnUNetTrainerSSL_debug__nnUNetPlans__3d_fullres"
+    assert (out / "nnUNet_results" / "Dataset901_Phantom" / "nnUNetTrainerQGSSL_debug__nnUNetPlans__3d_fullres"
             / "fold_0" / "progress_ssl.png").is_file()

@@ -1,16 +1,12 @@
 """End to end on the generated phantom: convert, plan, preprocess unlabelled, train, resume, predict."""
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 import torch
 
-from conftest import PHANTOM_ID, run_cli
+from conftest import PHANTOM_ID, kill_after_first_checkpoint, run_cli
 
 DATASET = f"Dataset{PHANTOM_ID:03d}_Phantom"
 TRAINER = "nnUNetTrainerSSL_debug"
@@ -73,16 +69,7 @@ def test_train_kill_resume_predict(phantom_env, tmp_path):
     env = phantom_env
     fold = _fold_dir(env)
     cmd = ["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"]
-    # start, and kill the run once the first epoch's checkpoint exists (mid-training)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    deadline = time.time() + 600
-    while not (fold / "checkpoint_latest.pth").is_file():
-        assert proc.poll() is None, proc.stdout.read()[-4000:]
-        assert time.time() < deadline
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint(cmd, env, fold)  # mid-training
     assert not (fold / "checkpoint_final.pth").is_file()
     interrupted = torch.load(fold / "checkpoint_latest.pth", weights_only=False)
     assert interrupted["current_epoch"] < 3

@@ -67,7 +67,6 @@ def _learns(cases, steps: int):
     trainer = QualityPredictorTrainer(g, [1, 2], [0, 1, 2], lr=2e-3, real_fraction=0.0, seed=0)
     images = torch.from_numpy(np.stack([c[0] for c in train])[:, None])
     targets = torch.from_numpy(np.stack([c[1] for c in train])[:, None])
-    fake_logits = torch.zeros(len(train), 3, *shape)  # unused: real_fraction = 0
     seen = []
     for step in range(steps):
         idx = torch.randperm(len(train))[:6]

@@ -1,9 +1,14 @@
 """nnUNetTrainer subclasses of nnunet-qg (installed as `nnunet_qg.trainers`)."""
-from nnunet_qg.trainers.nnUNetTrainerSSL import nnUNetTrainerSSL
-from nnunet_qg.trainers.nnUNetTrainerSSL_short import nnUNetTrainerSSL_debug, nnUNetTrainerSSL_demo
+from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerFixMatch, nnUNetTrainerMeanTeacher
+from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_PLQW,
+                                                   nnUNetTrainerQGSSL_QAR)
+from nnunet_qg.trainers.nnUNetTrainerQGSSL_short import (nnUNetTrainerFixMatch_debug, nnUNetTrainerMeanTeacher_debug,
+                                                         nnUNetTrainerMTQW_debug, nnUNetTrainerQGSSL_debug, nnUNetTrainerQGSSL_demo,
+                                                         nnUNetTrainerQGSSL_PLQW_debug, nnUNetTrainerQGSSL_QAR_debug)
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup_short import (nnUNetTrainerQGWarmup_cpuBench, nnUNetTrainerQGWarmup_debug,
                                                             nnUNetTrainerQGWarmup_gpuBench)
+from nnunet_qg.trainers.nnUNetTrainerSSL import nnUNetTrainerSSL
+from nnunet_qg.trainers.nnUNetTrainerSSL_short import nnUNetTrainerSSL_debug, nnUNetTrainerSSL_demo
 
-__all__ = ["nnUNetTrainerSSL", "nnUNetTrainerSSL_debug", "nnUNetTrainerSSL_demo", "nnUNetTrainerQGWarmup",
-           "nnUNetTrainerQGWarmup_debug", "nnUNetTrainerQGWarmup_cpuBench", "nnUNetTrainerQGWarmup_gpuBench"]
+__all__ = sorted(name for name, obj in dict(globals()).items() if name.startswith("nnUNetTrainer") and isinstance(obj, type))

@@ -6,8 +6,6 @@ At every validation g is measured on the fold's validation patches, on the netwo
 predictions and on corrupted masks. The unlabelled loss (Mean Teacher here; the quality-guided
 losses in subclasses) ramps up after the warm-up.
 """
-import math
-import os
 from typing import Dict, List
 
 import numpy as np
@@ -46,7 +44,6 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         self.quality_seed = 12345
         self.quality = None  # QualityPredictorTrainer, set in initialize()
         self._quality_val: List[Dict] = []
-        self._capture = []
 
     @property
     def warmup_epochs(self) -> int:

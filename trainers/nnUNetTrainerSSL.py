@@ -1,9 +1,10 @@
 """Semi-supervised nnU-Net trainer skeleton: labelled + unlabelled batches and an EMA teacher.
 
-The unlabelled loss here is a plain Mean Teacher consistency term (softmax MSE between the
-student and the EMA teacher on a noisier view of the same patch). Subclasses replace
-`compute_unlabeled_loss`; every hyperparameter is a class attribute, variants are small
-subclasses, as in nnU-Net.
+Each unlabelled patch comes as two spatially aligned views (see nnunet_qg.unlabeled.two_views):
+the student sees the fully augmented one, the EMA teacher the one without intensity augmentation.
+The unlabelled loss here is Mean Teacher consistency (softmax MSE between student and teacher);
+subclasses replace `compute_unlabeled_loss`. Hyperparameters are attributes set in __init__,
+variants are small subclasses, as in nnU-Net.
 """
 import glob
 import os
@@ -29,6 +30,7 @@ from nnunet_qg.unlabeled.data_loader import (make_augmenter, nnUNetUnlabeledData
                                              nnUNetUnlabeledDatasetBlosc2, shard_for_rank, worker_seeds)
 from nnunet_qg.unlabeled.paths import preprocessed_unlabeled_folder
 from nnunet_qg.unlabeled.preprocess import check_preprocessed_unlabeled
+from nnunet_qg.unlabeled.two_views import TwoViewTransform, split_views
 
 SSL_STATE_KEY = "ssl_state"
 
@@ -50,7 +52,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         self.ema_decay = 0.99
         self.unlabeled_loss_weight = 1.0
         self.unlabeled_rampup_fraction = 0.2  # sigmoid ramp over this fraction of num_epochs
-        self.teacher_input_noise_std = 0.1
+        self.augment_teacher_intensity = False  # True: the teacher view gets its own intensity draw
 
         self.teacher: Optional[EMATeacher] = None
         self.dataloader_unlabeled = None
@@ -61,6 +63,10 @@ class nnUNetTrainerSSL(nnUNetTrainer):
 
     # ------------------------------------------------------------------ set-up
     def initialize(self):
+        if self.is_cascaded:
+            raise RuntimeError(f"{self.__class__.__name__} does not support cascaded configurations "
+                               f"('{self.configuration_name}'): unlabelled cases have no previous-stage "
+                               f"segmentation. Use 3d_fullres, 3d_lowres or 2d.")
         super().initialize()
         self.teacher = EMATeacher(unwrap_network(self.network), self.ema_decay).to(self.device)
         set_deep_supervision(self.teacher.module, False)
@@ -98,7 +104,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         batch_size = self.unlabeled_batch_size or self.batch_size
         loader = nnUNetUnlabeledDataLoader(dataset, batch_size, initial_patch_size,
                                            self.configuration_manager.patch_size, self.label_manager,
-                                           transforms=transforms)
+                                           transforms=TwoViewTransform(transforms, self.augment_teacher_intensity))
         n_proc = get_allowed_n_proc_DA() if self.unlabeled_num_processes is None else self.unlabeled_num_processes
         if self.unlabeled_seed is None:
             self.unlabeled_seed = int(np.random.randint(0, 2 ** 31 - 1))
@@ -142,14 +148,20 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     def _autocast(self):
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
 
-    def compute_unlabeled_loss(self, student_logits: torch.Tensor, data_unlabeled: torch.Tensor
-                               ) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """Mean Teacher consistency: softmax MSE against the teacher on a noisier view."""
+    def teacher_probabilities(self, view_teacher: torch.Tensor) -> torch.Tensor:
+        """Softmax (or sigmoid for regions) of the EMA teacher on the teacher view, no gradient."""
         with torch.no_grad():
-            noisy = data_unlabeled + self.teacher_input_noise_std * torch.randn_like(data_unlabeled)
-            teacher_probs = self.label_manager.apply_inference_nonlin(self.teacher(noisy)).float()
-        student_probs = self.label_manager.apply_inference_nonlin(student_logits.float())
-        return F.mse_loss(student_probs, teacher_probs), {}
+            return self.label_manager.apply_inference_nonlin(self.teacher(view_teacher)).float()
+
+    def compute_unlabeled_loss(self, output_unlabeled, view_student: torch.Tensor, view_teacher: torch.Tensor
+                               ) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """Mean Teacher consistency: softmax MSE between student (strong view) and teacher (weak view).
+
+        `output_unlabeled` is the student's output on the student view (a list with deep supervision).
+        """
+        logits = output_unlabeled[0] if isinstance(output_unlabeled, (list, tuple)) else output_unlabeled
+        student_probs = self.label_manager.apply_inference_nonlin(logits.float())
+        return F.mse_loss(student_probs, self.teacher_probabilities(view_teacher)), {}
 
     def after_train_step(self, data: torch.Tensor, target, output_labeled) -> Dict[str, float]:
         """Hook after the optimizer step (subclasses train helpers here); returns values to log."""
@@ -162,20 +174,22 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             else target.to(self.device, non_blocking=True)
         # while the unlabelled loss weight is 0 (ramp or warm-up) no unlabelled batch is drawn
         use_unlabeled = self._current_unlabeled_weight > 0
-        data_u = next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True) if use_unlabeled else None
+        if use_unlabeled:
+            data_u = next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
+            view_student, view_teacher = split_views(data_u, data.shape[1])
         n = data.shape[0]
 
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             # one forward pass over labelled + unlabelled patches (nnU-Net normalises per instance)
-            output = self.network(torch.cat((data, data_u)) if use_unlabeled else data)
+            output = self.network(torch.cat((data, view_student)) if use_unlabeled else data)
             if isinstance(output, (list, tuple)):
-                output_l, logits_u = [o[:n] for o in output], output[0][n:]
+                output_l, output_u = [o[:n] for o in output], [o[n:] for o in output]
             else:
-                output_l, logits_u = output[:n], output[n:]
+                output_l, output_u = output[:n], output[n:]
             loss_sup = self.loss(output_l, target)
             if use_unlabeled:
-                loss_u, extras = self.compute_unlabeled_loss(logits_u, data_u)
+                loss_u, extras = self.compute_unlabeled_loss(output_u, view_student, view_teacher)
             else:
                 loss_u, extras = torch.zeros((), device=self.device), {}
             loss = loss_sup + self._current_unlabeled_weight * loss_u
@@ -193,11 +207,14 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         self.teacher.update(unwrap_network(self.network))
         extras.update(self.after_train_step(data, target, [o.detach() for o in output_l]
                                             if isinstance(output_l, list) else output_l.detach()))
-        return {"loss": loss.detach().cpu().numpy(),
-                "ssl_loss_supervised": loss_sup.detach().cpu().numpy(),
-                "ssl_loss_unlabeled": loss_u.detach().cpu().numpy(),
-                "ssl_unlabeled_weight": np.float64(self._current_unlabeled_weight),
-                **extras}
+        out = {"loss": loss.detach().cpu().numpy(),
+               "ssl_loss_supervised": loss_sup.detach().cpu().numpy(),
+               "ssl_loss_unlabeled": loss_u.detach().cpu().numpy(),
+               "ssl_unlabeled_weight": np.float64(self._current_unlabeled_weight),
+               **{k: np.float64(v) for k, v in extras.items()}}
+        for key in self.ssl_log_keys:  # every value is logged every epoch (nan while it does not apply)
+            out.setdefault(key, np.float64(np.nan))
+        return out
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)

@@ -1,0 +1,126 @@
+"""Cost of one training iteration of each semi-supervised trainer, as ratios to nnUNetTrainer.
+
+    python benchmarks/trainer_speed_benchmark.py -d 4 [-c 3d_fullres] [--device cuda] [--iterations 20]
+
+Needs a dataset planned and preprocessed with stock nnU-Net and `nnUNetv2_preprocess_unlabeled`
+(e.g. the one benchmarks/quality_predictor_benchmark.py prepares). Every trainer is built on the
+same plans and batch size, with every unlabelled loss active (the state after warm-up and ramps),
+and timed over the same number of iterations in one process: time per iteration, split into
+waiting for labelled batches, waiting for unlabelled batches and the step itself, plus peak GPU
+memory (on CUDA). Writes JSON and prints the table.
+"""
+import argparse
+import os
+import sys
+import tempfile
+import time
+from os.path import abspath, dirname, join
+
+import torch
+
+sys.path.insert(0, dirname(abspath(__file__)))
+from common import device_description, print_table, write_json  # noqa: E402
+
+DEFAULT_TRAINERS = ["nnUNetTrainer", "nnUNetTrainerMeanTeacher", "nnUNetTrainerFixMatch", "nnUNetTrainerMTQW",
+                    "nnUNetTrainerQGSSL_PLQW", "nnUNetTrainerQGSSL_QAR", "nnUNetTrainerQGSSL"]
+
+
+class TimedLoader:
+    """Wraps a batch generator and adds up the time spent waiting for batches."""
+
+    def __init__(self, loader):
+        self.loader, self.seconds = loader, 0.0
+
+    def __next__(self):
+        started = time.perf_counter()
+        batch = next(self.loader)
+        self.seconds += time.perf_counter() - started
+        return batch
+
+    def __getattr__(self, name):
+        return getattr(self.loader, name)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(trainer_name: str, dataset: str, configuration: str, device: torch.device, iterations: int) -> dict:
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    cls = recursive_find_trainer_class_by_name(trainer_name)
+    plans = load_json(join(nnUNet_preprocessed, dataset, "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    trainer = cls(plans=plans, configuration=configuration, fold=0,
+                  dataset_json=load_json(join(nnUNet_preprocessed, dataset, "dataset.json")), device=device)
+    trainer.on_train_start()
+    trainer.network.train()
+    if hasattr(trainer, "quality"):
+        trainer.quality.freeze()
+    trainer.current_epoch = trainer.num_epochs - 1  # every unlabelled loss at full weight
+    trainer._current_unlabeled_weight = trainer.unlabeled_weight_at(trainer.current_epoch)
+    if hasattr(trainer, "component_weights_at"):
+        trainer._weights = trainer.component_weights_at(trainer.current_epoch)
+    labelled = TimedLoader(trainer.dataloader_train)
+    if getattr(trainer, "dataloader_unlabeled", None) is not None:
+        trainer.dataloader_unlabeled = TimedLoader(trainer.dataloader_unlabeled)
+    for _ in range(2):  # warm-up iterations, not timed
+        trainer.train_step(next(labelled))
+    labelled.seconds = 0.0
+    unlabelled = trainer.dataloader_unlabeled if isinstance(getattr(trainer, "dataloader_unlabeled", None), TimedLoader) else None
+    if unlabelled is not None:
+        unlabelled.seconds = 0.0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sync(device)
+    started = time.perf_counter()
+    for _ in range(iterations):
+        trainer.train_step(next(labelled))
+    sync(device)
+    total = (time.perf_counter() - started) / iterations
+    wait_l = labelled.seconds / iterations
+    wait_u = unlabelled.seconds / iterations if unlabelled is not None else 0.0
+    row = {"trainer": trainer_name, "s_per_iter": total, "wait_labelled_s": wait_l, "wait_unlabelled_s": wait_u,
+           "step_s": total - wait_l - wait_u, "batch": trainer.batch_size,
+           "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")}
+    for loader in (trainer.dataloader_train, trainer.dataloader_val, getattr(unlabelled, "loader", None)):
+        if hasattr(loader, "_finish"):
+            loader._finish()
+    del trainer
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-d", required=True, help="dataset name or id (preprocessed, with unlabelled data)")
+    parser.add_argument("-c", default="3d_fullres")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--trainers", nargs="+", default=DEFAULT_TRAINERS)
+    parser.add_argument("--out", default="benchmark_results/trainer_speed.json")
+    args = parser.parse_args()
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    os.environ.setdefault("nnUNet_results", tempfile.mkdtemp(prefix="qg_speed_"))
+    dataset = maybe_convert_to_dataset_name(args.d)
+    device = torch.device(args.device)
+    rows = [measure(t, dataset, args.c, device, args.iterations) for t in args.trainers]
+    base = rows[0]
+    for r in rows:
+        r["time_ratio"] = r["s_per_iter"] / base["s_per_iter"]
+        r["mem_ratio"] = r["peak_mem_GiB"] / base["peak_mem_GiB"] if device.type == "cuda" else float("nan")
+    print(f"\nOne training iteration, {dataset} {args.c}, {args.iterations} iterations each, "
+          f"{device_description(device)}, nnUNet_n_proc_DA={os.environ.get('nnUNet_n_proc_DA', 'default')}")
+    table = print_table(rows, ["trainer", "batch", "s_per_iter", "time_ratio", "wait_labelled_s",
+                               "wait_unlabelled_s", "step_s", "peak_mem_GiB", "mem_ratio"])
+    write_json({"dataset": dataset, "configuration": args.c, "device": device_description(device),
+                "iterations": args.iterations, "rows": rows, "table": table}, args.out)
+
+
+if __name__ == "__main__":
+    main()

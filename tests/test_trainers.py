@@ -1,0 +1,51 @@
+"""Every semi-supervised trainer through the real nnUNetv2_train (train, --c, nnUNetv2_predict)."""
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import PHANTOM_ID, run_cli
+
+DATASET = f"Dataset{PHANTOM_ID:03d}_Phantom"
+TRAINERS = ["nnUNetTrainerQGSSL_debug", "nnUNetTrainerQGSSL_PLQW_debug", "nnUNetTrainerQGSSL_QAR_debug",
+            "nnUNetTrainerMTQW_debug", "nnUNetTrainerMeanTeacher_debug", "nnUNetTrainerFixMatch_debug"]
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_trainer_end_to_end(phantom_env, tmp_path, trainer):
+    env = phantom_env
+    cmd = ["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"]
+    run_cli(cmd, env)
+    fold = Path(env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
+    first = torch.load(fold / "checkpoint_final.pth", weights_only=False)
+    resumed = run_cli(cmd + ["--c"], env)  # finished run: loads every state and re-validates
+    assert "Training done." in resumed.stdout
+    final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
+    assert final["current_epoch"] == first["current_epoch"] == 4
+    assert torch.equal(final["ssl_state"]["teacher"]["num_updates"], first["ssl_state"]["teacher"]["num_updates"])
+    log = final["logging"]
+    unlabeled = log["ssl_loss_unlabeled"]
+    assert np.isfinite(unlabeled).all() and unlabeled[-1] > 0  # the unlabelled path ran for real
+    if trainer.startswith(("nnUNetTrainerQGSSL", "nnUNetTrainerMTQW")):
+        assert final["ssl_state"]["quality"]["frozen"] is True
+        assert log["ssl_unlabeled_weight"][0] == 0.0  # warm-up epoch
+        if trainer != "nnUNetTrainerQGSSL_QAR_debug":  # quality weights exist where PL-QW (or MT-QW) runs
+            assert np.isfinite(log["ssl_loss_plqw"][1:]).all()
+            assert 0.0 <= log["ssl_quality_weight_mean"][-1] <= 1.0
+        if trainer in ("nnUNetTrainerQGSSL_debug", "nnUNetTrainerQGSSL_QAR_debug"):
+            assert math.isnan(log["ssl_loss_qar"][1]) and np.isfinite(log["ssl_loss_qar"][2:]).all()
+    if trainer == "nnUNetTrainerFixMatch_debug":
+        assert 0.0 <= log["ssl_pseudo_label_kept"][-1] <= 1.0
+    assert (fold / "progress_ssl.png").is_file()
+
+    raw = Path(env["nnUNet_raw"]) / DATASET
+    out = tmp_path / "pred"
+    run_cli(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(PHANTOM_ID), "-c",
+             "3d_fullres", "-f", "0", "-tr", trainer, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"],
+            env)
+    for ref in (raw / "labelsTs").iterdir():
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out / ref.name)))
+        assert pred.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(ref))).shape

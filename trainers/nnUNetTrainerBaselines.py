@@ -1,0 +1,25 @@
+"""Semi-supervised baselines in the same code and data path as QG-SSL."""
+import torch
+
+from nnunet_qg.ssl_losses import confidence_masked_ce
+from nnunet_qg.trainers.nnUNetTrainerSSL import nnUNetTrainerSSL
+
+
+class nnUNetTrainerMeanTeacher(nnUNetTrainerSSL):
+    """Mean Teacher: EMA teacher, softmax-MSE consistency, sigmoid ramp (nnUNetTrainerSSL's loss)."""
+
+
+class nnUNetTrainerFixMatch(nnUNetTrainerSSL):
+    """Confidence-thresholded pseudo-labels (FixMatch-style): CE where the teacher is confident."""
+
+    ssl_log_keys = nnUNetTrainerSSL.ssl_log_keys + ("ssl_pseudo_label_kept",)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.confidence_threshold = 0.95
+
+    def compute_unlabeled_loss(self, output_unlabeled, view_student, view_teacher):
+        logits = output_unlabeled[0] if isinstance(output_unlabeled, (list, tuple)) else output_unlabeled
+        loss, kept = confidence_masked_ce(logits, self.teacher_probabilities(view_teacher), self.confidence_threshold)
+        return loss, {"ssl_pseudo_label_kept": float(kept)}

@@ -1,0 +1,50 @@
+"""Short-schedule (smoke test) variants of the QG-SSL trainers and the baselines.
+
+4 epochs x 3 iterations: warm-up in epoch 0, PL-QW from epoch 1, QAR from epoch 2.
+"""
+from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerFixMatch, nnUNetTrainerMeanTeacher
+from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_PLQW,
+                                                   nnUNetTrainerQGSSL_QAR)
+from nnunet_qg.trainers.short_schedule import ShortSchedule
+
+_QG_DEBUG = {"quality_warmup_fraction": 0.25, "plqw_start_fraction": 0.25, "plqw_ramp_fraction": 0.25,
+             "qar_start_fraction": 0.5, "qar_ramp_fraction": 0.25}
+
+
+class nnUNetTrainerQGSSL_debug(ShortSchedule, nnUNetTrainerQGSSL):
+    short_num_epochs = 4
+    short_overrides = _QG_DEBUG
+
+
+class nnUNetTrainerQGSSL_PLQW_debug(ShortSchedule, nnUNetTrainerQGSSL_PLQW):
+    short_num_epochs = 4
+    short_overrides = _QG_DEBUG
+
+
+class nnUNetTrainerQGSSL_QAR_debug(ShortSchedule, nnUNetTrainerQGSSL_QAR):
+    short_num_epochs = 4
+    short_overrides = _QG_DEBUG
+
+
+class nnUNetTrainerMTQW_debug(ShortSchedule, nnUNetTrainerMTQW):
+    short_num_epochs = 4
+    short_overrides = _QG_DEBUG
+
+
+class nnUNetTrainerMeanTeacher_debug(ShortSchedule, nnUNetTrainerMeanTeacher):
+    short_num_epochs = 4
+
+
+class nnUNetTrainerFixMatch_debug(ShortSchedule, nnUNetTrainerFixMatch):
+    short_num_epochs = 4
+
+
+class nnUNetTrainerQGSSL_demo(ShortSchedule, nnUNetTrainerQGSSL):
+    """The CPU demo: 16 epochs x 12 iterations; warm-up 4 epochs, PL-QW from epoch 4, QAR from epoch 6."""
+
+    short_num_epochs = 16
+    short_iterations_per_epoch = 12
+    short_val_iterations_per_epoch = 3
+    short_save_every = 5
+    short_overrides = {"quality_warmup_fraction": 0.25, "plqw_start_fraction": 0.25, "plqw_ramp_fraction": 0.25,
+                       "qar_start_fraction": 0.375, "qar_ramp_fraction": 0.25}
