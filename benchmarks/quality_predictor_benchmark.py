@@ -30,7 +30,7 @@ def run(cmd, env):
     subprocess.run(cmd, env=env, check=True)
 
 
-def time_fwd_bwd(model, inputs, device, repeats: int = 3) -> float:
+def time_fwd_bwd(model, inputs, device, repeats: int = 5) -> float:
     """Median seconds of forward + backward (sum of outputs) after one warm-up call."""
     times = []
     for i in range(repeats + 1):

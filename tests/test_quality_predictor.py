@@ -108,3 +108,13 @@ def test_predictor_learns_on_real_hippocampus():
 def test_one_hot_foreground():
     lm = torch.tensor([[[0, 1, 2, 2]]])
     assert one_hot_foreground(lm, [1, 2]).tolist() == [[[0, 1, 0, 0], [0, 0, 1, 1]]]
+
+
+def test_corrupted_samples_do_not_depend_on_thread_count():
+    targets = torch.from_numpy(np.stack([c[1] for c in _phantom_cases(4)])[:, None])
+    results = []
+    for threads in (1, 3):
+        trainer = QualityPredictorTrainer(QualityPredictor(1, 2, (24, 32, 24)), [1, 2], [0, 1, 2], seed=4,
+                                          num_threads=threads)
+        results.append(trainer.corrupted_samples(targets))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

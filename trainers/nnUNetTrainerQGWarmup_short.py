@@ -17,7 +17,7 @@ class nnUNetTrainerQGWarmup_cpuBench(ShortSchedule, nnUNetTrainerQGWarmup):
 
     short_num_epochs = 10
     short_iterations_per_epoch = 25
-    short_val_iterations_per_epoch = 12
+    short_val_iterations_per_epoch = 25
     short_save_every = 5
     short_max_batch_size = 4
     short_overrides = {"quality_warmup_fraction": 1.0}

@@ -3,6 +3,8 @@
 g learns from (a) corrupted ground-truth patches of the labelled batch and (b) the segmentation
 network's own current predictions on the same patches (detached), each with its exact Dice.
 """
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -26,7 +28,7 @@ class QualityPredictorTrainer:
     def __init__(self, model: QualityPredictor, labels: Sequence[int], all_labels: Sequence[int],
                  lr: float = 1e-3, weight_decay: float = 1e-4, real_fraction: float = 0.5,
                  soft_fraction: float = 0.5, category_probabilities: Optional[Dict[str, float]] = None,
-                 seed: int = 0, train_model: Optional[nn.Module] = None):
+                 seed: int = 0, train_model: Optional[nn.Module] = None, num_threads: Optional[int] = None):
         self.model = model
         self.train_model = train_model if train_model is not None else model  # e.g. DDP-wrapped g
         self.labels = [int(l) for l in labels]
@@ -37,6 +39,9 @@ class QualityPredictorTrainer:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         self.rng = np.random.default_rng(seed)
         self.frozen = False
+        # corruptions run on the CPU beside the GPU step: a few threads keep them off the critical path
+        self.num_threads = max(1, (os.cpu_count() or 2) // 2) if num_threads is None else num_threads
+        self._pool: Optional[ThreadPoolExecutor] = None
 
     # ----------------------------------------------------------------- samples
     def predicted_label_map(self, seg_logits: torch.Tensor) -> torch.Tensor:
@@ -55,15 +60,25 @@ class QualityPredictorTrainer:
         return mask, truth
 
     def corrupted_samples(self, target: torch.Tensor):
-        """Corrupted ground-truth masks (CPU, numpy) and their exact Dice."""
+        """Corrupted ground-truth masks (CPU, numpy) and their exact Dice.
+
+        Each sample gets its own generator seeded from self.rng, so the result does not depend on
+        how many threads run the corruptions (scipy releases the GIL in its filters)."""
         maps = target[:, 0].cpu().numpy().astype(np.int16)
-        masks, dice = [], []
-        for i in range(len(maps)):
-            result = self.corruptor.corrupt(maps[i], self.rng, others=[maps[j] for j in range(len(maps)) if j != i])
-            masks.append(result.mask)
-            dice.append(result.dice)
-        label_map = torch.from_numpy(np.stack(masks)[:, None]).to(target.device)
-        return one_hot_foreground(label_map, self.labels), torch.from_numpy(np.stack(dice)).to(target.device)
+        seeds = self.rng.integers(0, 2 ** 63 - 1, size=len(maps))
+
+        def corrupt(i: int):
+            return self.corruptor.corrupt(maps[i], np.random.default_rng(seeds[i]),
+                                          others=[maps[j] for j in range(len(maps)) if j != i])
+
+        if self.num_threads > 1 and len(maps) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.num_threads)
+            results = list(self._pool.map(corrupt, range(len(maps))))
+        else:
+            results = [corrupt(i) for i in range(len(maps))]
+        label_map = torch.from_numpy(np.stack([r.mask for r in results])[:, None]).to(target.device)
+        return one_hot_foreground(label_map, self.labels), torch.from_numpy(np.stack([r.dice for r in results])).to(target.device)
 
     def training_samples(self, target: torch.Tensor, seg_logits: torch.Tensor):
         """Per sample: the network's prediction with probability real_fraction, else a corruption."""
