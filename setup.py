@@ -61,6 +61,7 @@ setup(
             "nnUNetv2_convert_MSD_ssl=nnunet_qg.dataset_conversion.convert_msd_ssl:entry_point",
             "nnUNetv2_qg_make_phantom=nnunet_qg.phantom:entry_point",
             "nnUNetv2_qg_demo=nnunet_qg.demo:entry_point",
+            "nnUNetv2_qg_export_teacher=nnunet_qg.export_teacher:entry_point",
         ]
     },
 )

@@ -61,7 +61,8 @@ def measure(trainer_name: str, dataset: str, configuration: str, device: torch.d
     if hasattr(trainer, "quality"):
         trainer.quality.freeze()
     trainer.current_epoch = trainer.num_epochs - 1  # every unlabelled loss at full weight
-    trainer._current_unlabeled_weight = trainer.unlabeled_weight_at(trainer.current_epoch)
+    if hasattr(trainer, "unlabeled_weight_at"):
+        trainer._current_unlabeled_weight = trainer.unlabeled_weight_at(trainer.current_epoch)
     if hasattr(trainer, "component_weights_at"):
         trainer._weights = trainer.component_weights_at(trainer.current_epoch)
     labelled = TimedLoader(trainer.dataloader_train)

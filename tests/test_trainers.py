@@ -42,10 +42,18 @@ def test_trainer_end_to_end(phantom_env, tmp_path, trainer):
     assert (fold / "progress_ssl.png").is_file()
 
     raw = Path(env["nnUNet_raw"]) / DATASET
-    out = tmp_path / "pred"
-    run_cli(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(PHANTOM_ID), "-c",
-             "3d_fullres", "-f", "0", "-tr", trainer, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"],
-            env)
-    for ref in (raw / "labelsTs").iterdir():
-        pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out / ref.name)))
-        assert pred.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(ref))).shape
+    checkpoints = ["checkpoint_final.pth"]
+    if trainer == "nnUNetTrainerQGSSL_debug":  # the EMA teacher as the exported network
+        run_cli(["nnUNetv2_qg_export_teacher", str(fold / "checkpoint_final.pth")], env)
+        teacher = torch.load(fold / "checkpoint_final_teacher.pth", weights_only=False)["network_weights"]
+        assert all(torch.equal(v, final["ssl_state"]["teacher"]["module." + k]) for k, v in teacher.items())
+        assert not all(torch.equal(v, final["network_weights"][k]) for k, v in teacher.items())
+        checkpoints.append("checkpoint_final_teacher.pth")
+    for checkpoint in checkpoints:
+        out = tmp_path / checkpoint
+        run_cli(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(PHANTOM_ID), "-c",
+                 "3d_fullres", "-f", "0", "-tr", trainer, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps",
+                 "1", "-chk", checkpoint], env)
+        for ref in (raw / "labelsTs").iterdir():
+            pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out / ref.name)))
+            assert pred.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(ref))).shape

@@ -19,6 +19,13 @@ class nnUNetTrainerFixMatch(nnUNetTrainerSSL):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.confidence_threshold = 0.95
 
+    def initialize(self):
+        if self.label_manager.has_regions:
+            raise RuntimeError(f"{self.__class__.__name__} takes hard pseudo-labels from a softmax and does not "
+                               f"support region-based training (dataset.json of {self.plans_manager.dataset_name} "
+                               f"defines regions). Use nnUNetTrainerMeanTeacher.")
+        super().initialize()
+
     def compute_unlabeled_loss(self, output_unlabeled, view_student, view_teacher):
         logits = output_unlabeled[0] if isinstance(output_unlabeled, (list, tuple)) else output_unlabeled
         loss, kept = confidence_masked_ce(logits, self.teacher_probabilities(view_teacher), self.confidence_threshold)

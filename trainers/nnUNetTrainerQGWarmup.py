@@ -35,9 +35,10 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.quality_warmup_fraction = 0.15  # of num_epochs (the paper's PL-QW starts at 15/200)
-        self.quality_lr = 1e-3
+        self.quality_lr = 2e-3
         self.quality_weight_decay = 1e-4
         self.quality_real_fraction = 0.5  # share of g's samples that are the network's own predictions
+        self.quality_masks_per_sample = 4  # masks g learns from per labelled patch and iteration
         self.quality_soft_fraction = 0.5  # share of those given as softmax maps instead of one-hot
         self.quality_category_probabilities = None  # None: the paper's mixture
         self.quality_features = (16, 32, 64, 128)
@@ -68,7 +69,7 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
             model, self.label_manager.foreground_labels, self.label_manager.all_labels, self.quality_lr,
             self.quality_weight_decay, self.quality_real_fraction, self.quality_soft_fraction,
             self.quality_category_probabilities, seed=self.quality_seed + 1000 * self.local_rank,
-            train_model=train_model)
+            train_model=train_model, masks_per_sample=self.quality_masks_per_sample)
 
     # ------------------------------------------------------------------ schedule
     def unlabeled_weight_at(self, epoch: int) -> float:

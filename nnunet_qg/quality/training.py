@@ -28,12 +28,14 @@ class QualityPredictorTrainer:
     def __init__(self, model: QualityPredictor, labels: Sequence[int], all_labels: Sequence[int],
                  lr: float = 1e-3, weight_decay: float = 1e-4, real_fraction: float = 0.5,
                  soft_fraction: float = 0.5, category_probabilities: Optional[Dict[str, float]] = None,
-                 seed: int = 0, train_model: Optional[nn.Module] = None, num_threads: Optional[int] = None):
+                 seed: int = 0, train_model: Optional[nn.Module] = None, num_threads: Optional[int] = None,
+                 masks_per_sample: int = 1):
         self.model = model
         self.train_model = train_model if train_model is not None else model  # e.g. DDP-wrapped g
         self.labels = [int(l) for l in labels]
         self.all_labels = [int(l) for l in all_labels]
         self.real_fraction = real_fraction
+        self.masks_per_sample = masks_per_sample  # g is cheap next to the network: several masks per patch
         self.soft_fraction = soft_fraction
         self.corruptor = MaskCorruptor(self.labels, category_probabilities)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -92,8 +94,10 @@ class QualityPredictorTrainer:
 
     # ----------------------------------------------------------------- training
     def train_step(self, images: torch.Tensor, target: torch.Tensor, seg_logits: torch.Tensor, autocast_ctx) -> float:
-        """One optimizer step of g (SmoothL1 on Dice); returns the loss."""
-        mask, dice = self.training_samples(target, seg_logits)
+        """One optimizer step of g (SmoothL1 on Dice) on `masks_per_sample` masks per labelled patch."""
+        draws = [self.training_samples(target, seg_logits) for _ in range(self.masks_per_sample)]
+        mask, dice = torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
+        images = images.repeat((self.masks_per_sample,) + (1,) * (images.ndim - 1))
         self.train_model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with autocast_ctx:
