@@ -7,10 +7,13 @@ Needs a dataset planned and preprocessed with stock nnU-Net and `nnUNetv2_prepro
 same plans and batch size, with every unlabelled loss active (the state after warm-up and ramps),
 and timed over the same number of iterations in one process: time per iteration, split into
 waiting for labelled batches, waiting for unlabelled batches and the step itself, plus peak GPU
-memory (on CUDA). Writes JSON and prints the table.
+memory (on CUDA) or the peak resident memory of the process (on the CPU: each trainer is measured
+in a fresh process for that). Writes JSON and prints the table.
 """
 import argparse
+import multiprocessing
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -86,7 +89,8 @@ def measure(trainer_name: str, dataset: str, configuration: str, device: torch.d
     wait_u = unlabelled.seconds / iterations if unlabelled is not None else 0.0
     row = {"trainer": trainer_name, "s_per_iter": total, "wait_labelled_s": wait_l, "wait_unlabelled_s": wait_u,
            "step_s": total - wait_l - wait_u, "batch": trainer.batch_size,
-           "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")}
+           "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda"
+           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
     for loader in (trainer.dataloader_train, trainer.dataloader_val, getattr(unlabelled, "loader", None)):
         if hasattr(loader, "_finish"):
             loader._finish()
@@ -94,6 +98,10 @@ def measure(trainer_name: str, dataset: str, configuration: str, device: torch.d
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
+
+
+def _measure_in_child(queue, *args) -> None:
+    queue.put(measure(*args))
 
 
 def main() -> None:
@@ -110,13 +118,21 @@ def main() -> None:
     os.environ.setdefault("nnUNet_results", tempfile.mkdtemp(prefix="qg_speed_"))
     dataset = maybe_convert_to_dataset_name(args.d)
     device = torch.device(args.device)
-    rows = [measure(t, dataset, args.c, device, args.iterations) for t in args.trainers]
+    rows = []
+    context = multiprocessing.get_context("spawn")
+    for t in args.trainers:  # a fresh (non-daemonic: it starts loader workers) process per trainer
+        queue = context.Queue()
+        process = context.Process(target=_measure_in_child, args=(queue, t, dataset, args.c, device, args.iterations))
+        process.start()
+        rows.append(queue.get())
+        process.join()
     base = rows[0]
     for r in rows:
         r["time_ratio"] = r["s_per_iter"] / base["s_per_iter"]
-        r["mem_ratio"] = r["peak_mem_GiB"] / base["peak_mem_GiB"] if device.type == "cuda" else float("nan")
+        r["mem_ratio"] = r["peak_mem_GiB"] / base["peak_mem_GiB"]
     print(f"\nOne training iteration, {dataset} {args.c}, {args.iterations} iterations each, "
-          f"{device_description(device)}, nnUNet_n_proc_DA={os.environ.get('nnUNet_n_proc_DA', 'default')}")
+          f"{device_description(device)}, nnUNet_n_proc_DA={os.environ.get('nnUNet_n_proc_DA', 'default')}; "
+          f"memory: {'peak GPU memory' if device.type == 'cuda' else 'peak resident memory of the process'}")
     table = print_table(rows, ["trainer", "batch", "s_per_iter", "time_ratio", "wait_labelled_s",
                                "wait_unlabelled_s", "step_s", "peak_mem_GiB", "mem_ratio"])
     write_json({"dataset": dataset, "configuration": args.c, "device": device_description(device),

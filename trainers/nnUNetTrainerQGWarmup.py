@@ -37,7 +37,7 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         self.quality_warmup_fraction = 0.15  # of num_epochs (the paper's PL-QW starts at 15/200)
         self.quality_lr = 2e-3
         self.quality_weight_decay = 1e-4
-        self.quality_real_fraction = 0.5  # share of g's samples that are the network's own predictions
+        self.quality_real_fraction = 0.2  # share of g's samples that are the network's own predictions
         self.quality_masks_per_sample = 4  # masks g learns from per labelled patch and iteration
         self.quality_soft_fraction = 0.5  # share of those given as softmax maps instead of one-hot
         self.quality_category_probabilities = None  # None: the paper's mixture
