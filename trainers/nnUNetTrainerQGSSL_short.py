@@ -7,28 +7,28 @@ from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrai
                                                    nnUNetTrainerQGSSL_QAR)
 from nnunet_qg.trainers.short_schedule import ShortSchedule
 
-_QG_DEBUG = {"quality_warmup_fraction": 0.25, "plqw_start_fraction": 0.25, "plqw_ramp_fraction": 0.25,
-             "qar_start_fraction": 0.5, "qar_ramp_fraction": 0.25}
+class QGDebugSchedule(ShortSchedule):
+    """4 epochs x 3 iterations: warm-up in epoch 0, PL-QW from epoch 1, QAR from epoch 2."""
 
-
-class nnUNetTrainerQGSSL_debug(ShortSchedule, nnUNetTrainerQGSSL):
     short_num_epochs = 4
-    short_overrides = _QG_DEBUG
+    short_overrides = {"quality_warmup_fraction": 0.25, "plqw_start_fraction": 0.25, "plqw_ramp_fraction": 0.25,
+                       "qar_start_fraction": 0.5, "qar_ramp_fraction": 0.25}
 
 
-class nnUNetTrainerQGSSL_PLQW_debug(ShortSchedule, nnUNetTrainerQGSSL_PLQW):
-    short_num_epochs = 4
-    short_overrides = _QG_DEBUG
+class nnUNetTrainerQGSSL_debug(QGDebugSchedule, nnUNetTrainerQGSSL):
+    """Smoke test of nnUNetTrainerQGSSL."""
 
 
-class nnUNetTrainerQGSSL_QAR_debug(ShortSchedule, nnUNetTrainerQGSSL_QAR):
-    short_num_epochs = 4
-    short_overrides = _QG_DEBUG
+class nnUNetTrainerQGSSL_PLQW_debug(QGDebugSchedule, nnUNetTrainerQGSSL_PLQW):
+    """Smoke test of nnUNetTrainerQGSSL_PLQW."""
 
 
-class nnUNetTrainerMTQW_debug(ShortSchedule, nnUNetTrainerMTQW):
-    short_num_epochs = 4
-    short_overrides = _QG_DEBUG
+class nnUNetTrainerQGSSL_QAR_debug(QGDebugSchedule, nnUNetTrainerQGSSL_QAR):
+    """Smoke test of nnUNetTrainerQGSSL_QAR."""
+
+
+class nnUNetTrainerMTQW_debug(QGDebugSchedule, nnUNetTrainerMTQW):
+    """Smoke test of nnUNetTrainerMTQW."""
 
 
 class nnUNetTrainerMeanTeacher_debug(ShortSchedule, nnUNetTrainerMeanTeacher):

@@ -194,26 +194,25 @@ def blur_threshold(b, rng, heavy):
     return ndimage.gaussian_filter(b.astype(np.float32), sigma) > rng.uniform(0.3, 0.7)
 
 
-def holes(b, rng, heavy):
+def _stamp_balls(b: np.ndarray, centers: np.ndarray, count: int, radii: Tuple[float, float],
+                 value: bool, rng: np.random.Generator) -> np.ndarray:
+    """Set `count` balls (random radius in `radii`) around random `centers` to `value`."""
     out = b.copy()
-    pts = np.argwhere(b)
-    for _ in range(int(rng.integers(5, 11) if heavy else rng.integers(1, 4))):
-        if len(pts) == 0:
-            break
-        sl, ball = _ball_mask(b.shape, pts[rng.integers(len(pts))], rng.uniform(1, 3.5))
-        out[sl][ball] = False
+    for _ in range(count if len(centers) else 0):
+        sl, ball = _ball_mask(b.shape, centers[rng.integers(len(centers))], rng.uniform(*radii))
+        out[sl][ball] = value
     return out
+
+
+def holes(b, rng, heavy):
+    count = int(rng.integers(5, 11) if heavy else rng.integers(1, 4))
+    return _stamp_balls(b, np.argwhere(b), count, (1, 3.5), False, rng)
 
 
 def islands(b, rng, heavy):
-    out = b.copy()
+    count = int(rng.integers(4, 9) if heavy else rng.integers(1, 4))
     near = np.argwhere(ndimage.binary_dilation(b, _struct(b.ndim), 6) & ~b)
-    for _ in range(int(rng.integers(4, 9) if heavy else rng.integers(1, 4))):
-        if len(near) == 0:
-            break
-        sl, ball = _ball_mask(b.shape, near[rng.integers(len(near))], rng.uniform(1, 3))
-        out[sl][ball] = True
-    return out
+    return _stamp_balls(b, near, count, (1, 3), True, rng)
 
 
 def keep_largest_component(b, rng, heavy):
