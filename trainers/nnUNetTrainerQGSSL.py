@@ -56,10 +56,11 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         self._weights = self.component_weights_at(self.current_epoch)
 
     # ------------------------------------------------------------------ losses
-    def pseudo_labels_and_quality(self, view_teacher: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def pseudo_labels_and_quality(self, view_teacher: torch.Tensor, teacher_probs: torch.Tensor
+                                  ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Teacher's hard pseudo-label (channel index, B x 1 x ...) and g's sample quality (mean over labels)."""
         with torch.no_grad():
-            pseudo = self.teacher_probabilities(view_teacher).argmax(1, keepdim=True)
+            pseudo = teacher_probs.argmax(1, keepdim=True)
             label_map = torch.as_tensor(self.label_manager.all_labels, device=pseudo.device)[pseudo]
             quality = self.quality_predictor(view_teacher, one_hot_foreground(label_map,
                                                                               self.label_manager.foreground_labels))
@@ -68,15 +69,17 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
     def quality_weight(self, quality: torch.Tensor) -> torch.Tensor:
         return quality_weights(quality, self.quality_temperature, self.quality_threshold)
 
+    def pseudo_label_stats(self, quality: torch.Tensor, weights: torch.Tensor) -> Dict[str, float]:
+        return {"ssl_quality_weight_mean": float(weights.mean()),
+                "ssl_pseudo_label_kept": float((quality >= self.quality_threshold).float().mean()),
+                "ssl_pseudo_label_quality": float(quality.mean())}
+
     def plqw_loss(self, output_unlabeled, view_teacher) -> Tuple[torch.Tensor, Dict[str, float]]:
         """Quality-weighted pseudo-labels: per-sample Dice+CE against the teacher, weighted by g."""
-        pseudo, quality = self.pseudo_labels_and_quality(view_teacher)
+        pseudo, quality = self.pseudo_labels_and_quality(view_teacher, self.teacher_probabilities(view_teacher))
         weights = self.quality_weight(quality)
         losses = per_sample_dice_ce(output_unlabeled, pseudo, getattr(self.loss, "weight_factors", None))
-        return weighted_mean(losses, weights), {
-            "ssl_quality_weight_mean": float(weights.mean()),
-            "ssl_pseudo_label_kept": float((quality >= self.quality_threshold).float().mean()),
-            "ssl_pseudo_label_quality": float(quality.mean())}
+        return weighted_mean(losses, weights), self.pseudo_label_stats(quality, weights)
 
     def qar_loss(self, output_unlabeled, view_student) -> torch.Tensor:
         """Quality-aware regularisation: 1 - g(x, softmax(f(x))); gradients flow through frozen g into f."""
@@ -139,11 +142,9 @@ class nnUNetTrainerMTQW(nnUNetTrainerQGSSL):
         self.plqw_weight = 1.0  # the consistency term takes PL-QW's place and schedule
 
     def plqw_loss(self, output_unlabeled, view_teacher):
-        pseudo, quality = self.pseudo_labels_and_quality(view_teacher)
+        teacher_probs = self.teacher_probabilities(view_teacher)  # one teacher pass for weights and target
+        _, quality = self.pseudo_labels_and_quality(view_teacher, teacher_probs)
         weights = self.quality_weight(quality)
         logits = output_unlabeled[0] if isinstance(output_unlabeled, (list, tuple)) else output_unlabeled
-        losses = softmax_mse_per_sample(logits, self.teacher_probabilities(view_teacher))
-        return weighted_mean(losses, weights), {
-            "ssl_quality_weight_mean": float(weights.mean()),
-            "ssl_pseudo_label_kept": float((quality >= self.quality_threshold).float().mean()),
-            "ssl_pseudo_label_quality": float(quality.mean())}
+        losses = softmax_mse_per_sample(logits, teacher_probs)
+        return weighted_mean(losses, weights), self.pseudo_label_stats(quality, weights)
