@@ -16,3 +16,8 @@ def unwrap_network(network: nn.Module) -> nn.Module:
 def set_deep_supervision(network: nn.Module, enabled: bool) -> None:
     """Switch deep supervision of an nnU-Net architecture (as nnUNetTrainer does)."""
     unwrap_network(network).decoder.deep_supervision = enabled
+
+
+def highest_resolution(output):
+    """The full-resolution output of a network with or without deep supervision (a list or a tensor)."""
+    return output[0] if isinstance(output, (list, tuple)) else output

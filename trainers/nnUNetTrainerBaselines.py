@@ -1,6 +1,7 @@
 """Semi-supervised baselines in the same code and data path as QG-SSL."""
 import torch
 
+from nnunet_qg.networks import highest_resolution
 from nnunet_qg.ssl_losses import confidence_masked_ce
 from nnunet_qg.trainers.nnUNetTrainerSSL import nnUNetTrainerSSL
 
@@ -27,6 +28,6 @@ class nnUNetTrainerFixMatch(nnUNetTrainerSSL):
         super().initialize()
 
     def compute_unlabeled_loss(self, output_unlabeled, view_student, view_teacher):
-        logits = output_unlabeled[0] if isinstance(output_unlabeled, (list, tuple)) else output_unlabeled
+        logits = highest_resolution(output_unlabeled)
         loss, kept = confidence_masked_ce(logits, self.teacher_probabilities(view_teacher), self.confidence_threshold)
         return loss, {"ssl_pseudo_label_kept": float(kept)}

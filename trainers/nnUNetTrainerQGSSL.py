@@ -10,6 +10,7 @@ from typing import Dict, Tuple
 
 import torch
 
+from nnunet_qg.networks import highest_resolution
 from nnunet_qg.quality.training import one_hot_foreground
 from nnunet_qg.ramps import linear_rampup
 from nnunet_qg.ssl_losses import per_sample_dice_ce, quality_weights, softmax_mse_per_sample, weighted_mean
@@ -83,7 +84,7 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
 
     def qar_loss(self, output_unlabeled, view_student) -> torch.Tensor:
         """Quality-aware regularisation: 1 - g(x, softmax(f(x))); gradients flow through frozen g into f."""
-        logits = output_unlabeled[0] if isinstance(output_unlabeled, (list, tuple)) else output_unlabeled
+        logits = highest_resolution(output_unlabeled)
         probs = torch.softmax(logits.float(), 1)
         fg = [self.label_manager.all_labels.index(l) for l in self.label_manager.foreground_labels]
         return 1 - self.quality_predictor(view_student, probs[:, fg]).mean()
@@ -145,6 +146,6 @@ class nnUNetTrainerMTQW(nnUNetTrainerQGSSL):
         teacher_probs = self.teacher_probabilities(view_teacher)  # one teacher pass for weights and target
         _, quality = self.pseudo_labels_and_quality(view_teacher, teacher_probs)
         weights = self.quality_weight(quality)
-        logits = output_unlabeled[0] if isinstance(output_unlabeled, (list, tuple)) else output_unlabeled
+        logits = highest_resolution(output_unlabeled)
         losses = softmax_mse_per_sample(logits, teacher_probs)
         return weighted_mean(losses, weights), self.pseudo_label_stats(quality, weights)

@@ -13,6 +13,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import join
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from nnunet_qg.networks import highest_resolution
 from nnunet_qg.atomic import atomic_write_json
 from nnunet_qg.plotting import plot_calibration
 from nnunet_qg.quality.metrics import agreement_per_label
@@ -104,7 +105,7 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         finally:
             handle.remove()
         output = captured[-1]
-        logits = output[0] if isinstance(output, (list, tuple)) else output
+        logits = highest_resolution(output)
         target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
         self._quality_val.append(self.quality.measure_batch(batch["data"].to(self.device), target.to(self.device),
                                                             logits, self._autocast()))

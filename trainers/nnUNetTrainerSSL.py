@@ -23,7 +23,7 @@ from torch import autocast
 from torch import distributed as dist
 
 from nnunet_qg.ema import EMATeacher
-from nnunet_qg.networks import set_deep_supervision, unwrap_network
+from nnunet_qg.networks import highest_resolution, set_deep_supervision, unwrap_network
 from nnunet_qg.plotting import plot_progress_panels
 from nnunet_qg.ramps import sigmoid_rampup
 from nnunet_qg.unlabeled.data_loader import (make_augmenter, nnUNetUnlabeledDataLoader,
@@ -159,7 +159,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
 
         `output_unlabeled` is the student's output on the student view (a list with deep supervision).
         """
-        logits = output_unlabeled[0] if isinstance(output_unlabeled, (list, tuple)) else output_unlabeled
+        logits = highest_resolution(output_unlabeled)
         student_probs = self.label_manager.apply_inference_nonlin(logits.float())
         return F.mse_loss(student_probs, self.teacher_probabilities(view_teacher)), {}
 
