@@ -10,11 +10,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from os.path import abspath, join
-from typing import Dict, List, Optional
+from typing import List, Optional
+
+from nnunet_qg import pipeline
+from nnunet_qg.pipeline import StageError
 
 STAGES = 6
 
@@ -23,38 +25,28 @@ def _stage(i: int, text: str) -> None:
     print(f"[{i}/{STAGES}] {text}", flush=True)
 
 
-def _run(cmd: List[str], env: Dict[str, str], log_file: str, echo: Optional[tuple] = None) -> None:
-    """Run a console script, log everything, echo lines that start with one of `echo`."""
-    started = time.time()
-    with open(log_file, "w") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            log.write(line)
-            text = line.split(": ", 1)[-1].strip()
-            if echo and text.startswith(echo):
-                print(f"      {text}", flush=True)
-        proc.wait()
-    if proc.returncode != 0:
-        with open(log_file) as f:
-            tail = f.read()[-3000:]
-        raise SystemExit(f"ERROR: {' '.join(cmd)} failed (exit {proc.returncode}); log: {log_file}\n{tail}")
-    print(f"      done in {time.time() - started:.0f} s (log: {log_file})", flush=True)
+def _run(stage, *args, **kwargs):
+    """Run a pipeline stage; a failure ends the demo with the stage's log."""
+    try:
+        seconds = stage(*args, **kwargs)
+    except StageError as e:
+        raise SystemExit(f"ERROR: {e}")
+    print(f"      done in {seconds:.0f} s", flush=True)
+    return seconds
 
 
 def run_demo(output: str, data: Optional[str], dataset_id: int, num_labelled: int, max_unlabelled: Optional[int],
              max_test: int, trainer: str, num_phantom_cases: int) -> dict:
     """Run all stages; returns the evaluation summary (nnU-Net's summary.json content)."""
     output = abspath(output)
-    env = dict(os.environ)
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         shutil.rmtree(join(output, name), ignore_errors=True)
-        os.makedirs(join(output, name))
-        env[name] = join(output, name)
+    env = pipeline.nnunet_env(output)
     env.setdefault("nnUNet_n_proc_DA", "0")
     env.setdefault("nnUNet_def_n_proc", "2")
     env.setdefault("nnUNet_compile", "f")
     logs = join(output, "logs")
-    os.makedirs(logs, exist_ok=True)
+    n_proc = int(env["nnUNet_def_n_proc"])
 
     if data is None:
         from nnunet_qg.phantom import make_phantom_msd
@@ -72,31 +64,25 @@ def run_demo(output: str, data: Optional[str], dataset_id: int, num_labelled: in
     if max_unlabelled is not None:
         split_args += ["--max-unlabelled", str(max_unlabelled)]
     _stage(2, "Converting to an nnU-Net raw dataset with imagesUnlabeled/")
-    _run(["nnUNetv2_convert_MSD_ssl", "-i", data, "-d", str(dataset_id)] + split_args, env, join(logs, "convert.log"))
-    _stage(3, "Planning and preprocessing (stock nnUNetv2_plan_and_preprocess)")
-    # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which must be > 0
-    _run(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "3d_fullres", "-np", env["nnUNet_def_n_proc"]],
-         {**env, "nnUNet_n_proc_DA": str(max(1, int(env["nnUNet_n_proc_DA"])))}, join(logs, "plan_and_preprocess.log"))
-    _stage(4, "Preprocessing the unlabelled images (nnUNetv2_preprocess_unlabeled)")
-    _run(["nnUNetv2_preprocess_unlabeled", "-d", str(dataset_id), "-c", "3d_fullres", "-np", env["nnUNet_def_n_proc"]],
-         env, join(logs, "preprocess_unlabeled.log"))
-    _stage(5, f"Training {trainer} on the CPU (nnUNetv2_train)")
-    _run(["nnUNetv2_train", str(dataset_id), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], env,
-         join(logs, "train.log"), echo=("Epoch ", "SSL:", "Pseudo dice", "Quality predictor", "Mean Validation Dice"))
-    _stage(6, "Predicting and evaluating the held-out test cases (nnUNetv2_predict, nnUNetv2_evaluate_simple)")
-    raw = join(output, "nnUNet_raw", [d for d in os.listdir(env["nnUNet_raw"]) if d.startswith(f"Dataset{dataset_id:03d}_")][0])
+    _run(pipeline.convert_msd, data, dataset_id, split_args, env, join(logs, "convert.log"))
+    _stage(3, "Planning and preprocessing (stock nnUNetv2_plan_and_preprocess, then nnUNetv2_preprocess_unlabeled)")
+    _run(pipeline.plan_and_preprocess, dataset_id, env, logs, num_processes=n_proc)
+    _stage(4, f"Training {trainer} on the CPU (nnUNetv2_train)")
+    _run(pipeline.train, dataset_id, "3d_fullres", "0", trainer, env, join(logs, "train.log"),
+         echo=("Epoch ", "SSL:", "Pseudo dice", "Quality predictor", "Mean Validation Dice"))
+    _stage(5, "Predicting the held-out test cases (nnUNetv2_predict)")
+    raw = pipeline.raw_dataset_folder(env, dataset_id)
     predictions = join(output, "predictions")
     shutil.rmtree(predictions, ignore_errors=True)
-    _run(["nnUNetv2_predict", "-i", join(raw, "imagesTs"), "-o", predictions, "-d", str(dataset_id), "-c", "3d_fullres",
-          "-f", "0", "-tr", trainer, "-device", "cpu", "--disable_tta", "-npp", "1", "-nps", "1"], env,
-         join(logs, "predict.log"))
+    _run(pipeline.predict, dataset_id, "3d_fullres", "0", trainer, join(raw, "imagesTs"), predictions, env,
+         join(logs, "predict.log"), tta=False)
+    _stage(6, "Evaluating them (nnUNetv2_evaluate_folder)")
+    try:
+        summary = pipeline.evaluate(join(raw, "labelsTs"), predictions, env, join(logs, "evaluate.log"))
+    except StageError as e:
+        raise SystemExit(f"ERROR: {e}")
     labels = sorted(v for v in json.load(open(join(raw, "dataset.json")))["labels"].values() if v > 0)
-    summary_file = join(predictions, "summary.json")
-    _run(["nnUNetv2_evaluate_simple", join(raw, "labelsTs"), predictions, "-l", *map(str, labels), "-o", summary_file,
-          "-np", "1"], env, join(logs, "evaluate.log"))
-    summary = json.load(open(summary_file))
-    model_folder = join(env["nnUNet_results"], os.path.basename(raw), f"{trainer}__nnUNetPlans__3d_fullres", "fold_0")
-    _print_table(summary, labels, model_folder, predictions)
+    _print_table(summary, labels, pipeline.model_folder(env, dataset_id, trainer), predictions)
     return summary
 
 

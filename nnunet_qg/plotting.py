@@ -8,6 +8,14 @@ matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def save_figure(fig, path: str, dpi: int = 80) -> None:
+    """Save and close a figure, written under a temporary name and renamed."""
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def plot_progress_panels(logged: Dict[str, List[float]], panels: Dict[str, Sequence[str]], path: str) -> None:
     """One panel per entry of `panels` (title -> logged keys), value against epoch; atomic write."""
     # nnU-Net's own plot changes seaborn's global style; draw ours in matplotlib's default style
@@ -22,10 +30,7 @@ def plot_progress_panels(logged: Dict[str, List[float]], panels: Dict[str, Seque
             ax.legend(loc="best", fontsize=9)
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        tmp = f"{path}.tmp-{os.getpid()}.png"
-        fig.savefig(tmp, dpi=80)
-        plt.close(fig)
-    os.replace(tmp, path)
+        save_figure(fig, path)
 
 
 def plot_calibration(pairs: Dict[str, "tuple"], label_names: Sequence[str], summary: Dict[str, dict],
@@ -47,7 +52,4 @@ def plot_calibration(pairs: Dict[str, "tuple"], label_names: Sequence[str], summ
             ax.grid(alpha=0.3)
         fig.suptitle(title)
         fig.tight_layout()
-        tmp = f"{path}.tmp-{os.getpid()}.png"
-        fig.savefig(tmp, dpi=80)
-        plt.close(fig)
-        os.replace(tmp, path)
+        save_figure(fig, path)

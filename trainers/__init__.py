@@ -9,6 +9,9 @@ from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup_short import (nnUNetTrainerQGWarmup_cpuBench, nnUNetTrainerQGWarmup_debug,
                                                             nnUNetTrainerQGWarmup_gpuBench)
 from nnunet_qg.trainers.nnUNetTrainerSSL import nnUNetTrainerSSL
+from nnunet_qg.trainers import nnUNetTrainer_benchmark as _benchmark
 from nnunet_qg.trainers.nnUNetTrainerSSL_short import nnUNetTrainerSSL_debug, nnUNetTrainerSSL_demo
 
+globals().update({n: c for n, c in vars(_benchmark).items() if n.startswith('nnUNetTrainer') and '_' in n
+                  and c.__module__ == _benchmark.__name__})
 __all__ = sorted(name for name, obj in dict(globals()).items() if name.startswith("nnUNetTrainer") and isinstance(obj, type))

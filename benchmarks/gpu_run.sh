@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One device call on the lent GPU machine (see ../shared/gpu/README.md): carry [".whl", ".gpudata"].
+#   .whl: bash ../shared/gpu/make_wheels.sh .whl && pip wheel . --no-deps -w .whl
+#   .gpudata: cp -r ../shared/data/hippocampus .gpudata/
+# Runs the semi-supervised benchmark (gpu profile; ARMS below), then the trainer speed benchmark
+# with the time left, and leaves its results under $OUT. BUDGET_S: wall-clock seconds for it all.
+set -uo pipefail
+BUDGET_S=${BUDGET_S:-570}
+ARMS=${ARMS:-"supervised mean_teacher qg_ssl"}
+START=$(date +%s)
+left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
+
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
+export nnUNet_extTrainer=/tmp/site/nnunet_qg/_ext_trainers  # .pth hooks do not run from --target folders
+LOG=$OUT/benchmark.log
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; python3 -c "import torch; print(torch.__version__)"; } > "$LOG" 2>&1
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 5 > "$OUT/gpu_utilisation.csv" &
+SMI=$!
+
+timeout $(( $(left) - 90 )) nnUNetv2_qg_benchmark -i .gpudata/hippocampus --profile gpu --arms $ARMS \
+    --n-proc-da "${N_PROC_DA:-4}" --reader NibabelIO -o /tmp/bench >> "$LOG" 2>&1
+echo "benchmark exit code $? after $(( $(date +%s) - START )) s" >> "$LOG"
+pkill -f nnUNetv2_train; pkill -f nnUNetv2_predict; sleep 2  # a timed-out benchmark leaves its children running
+cp /tmp/bench/ssl_benchmark.json /tmp/bench/ssl_benchmark.md /tmp/bench/ssl_benchmark.png "$OUT"/ 2>/dev/null
+
+if [ "$(left)" -gt 70 ]; then
+  export nnUNet_raw=/tmp/bench/work/nnUNet_raw nnUNet_preprocessed=/tmp/bench/work/nnUNet_preprocessed \
+         nnUNet_results=/tmp/speed_results nnUNet_n_proc_DA=12 nnUNet_compile=f
+  timeout $(( $(left) - 25 )) python3 benchmarks/trainer_speed_benchmark.py -d 700 --device cuda --iterations 15 \
+      --trainers nnUNetTrainer nnUNetTrainerQGSSL nnUNetTrainerMeanTeacher nnUNetTrainerMTQW nnUNetTrainerFixMatch \
+      --out "$OUT/trainer_speed.json" >> "$LOG" 2>&1
+  echo "speed benchmark exit code $? after $(( $(date +%s) - START )) s" >> "$LOG"
+fi
+kill $SMI 2>/dev/null
+# training logs, progress and calibration plots of every arm, in one archive
+cd /tmp/bench/work 2>/dev/null && tar czf "$OUT/logs.tar.gz" logs \
+    $(find nnUNet_results_r0 -name "*.png" -o -name "training_log_*.txt" -o -name "quality_warmup_metrics.json") 2>/dev/null
+echo "done after $(( $(date +%s) - START )) s" >> "$LOG"

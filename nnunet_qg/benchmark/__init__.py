@@ -1,0 +1,1 @@
+"""The semi-supervised benchmark: every arm on a fixed split, same budget, evaluated on held-out cases."""

@@ -1,0 +1,105 @@
+"""`nnUNetv2_qg_benchmark`: every arm on a fixed semi-supervised split, same budget, held-out test Dice.
+
+    nnUNetv2_qg_benchmark -i ../shared/data/hippocampus --profile gpu -o benchmark_results/ssl_gpu
+
+Converts the MSD-style folder once per labelled fraction of its `ssl_splits.json` (and once with
+the whole pool labelled for the upper bound), plans and preprocesses with stock nnU-Net, trains
+every arm (`<trainer>_<budget>` variants, fold 0, the profile's budget), predicts the split's test
+cases with the LAST checkpoint and evaluates them with nnU-Net's evaluation. Writes
+`ssl_benchmark.json`, `ssl_benchmark.md` and `ssl_benchmark.png` to the output folder, updating
+them as arms finish, and prints the table last.
+"""
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import date
+from os.path import abspath, isfile, join
+from typing import Dict, List
+
+import torch
+
+from nnunet_qg import pipeline
+from nnunet_qg.atomic import atomic_write_json, atomic_write_text
+from nnunet_qg.benchmark.profiles import ARMS, PROFILES, UPPER_BOUND, Profile
+from nnunet_qg.benchmark.report import markdown_table, plot_bars, summarise
+from nnunet_qg.benchmark.runner import Job, dataset_ids, prepare_datasets, run_jobs
+
+
+def describe_device(profile: Profile) -> str:
+    if profile.device == "cuda" and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+    return f"CPU ({platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}"
+
+
+def write_results(rows: List[dict], out: str, meta: dict) -> str:
+    lines = summarise(rows)
+    table = markdown_table(lines)
+    atomic_write_json({**meta, "summary": lines, "runs": rows}, join(out, "ssl_benchmark.json"))
+    header = (f"Profile `{meta['profile']}` ({meta['budget']} budget), {meta['device']}, {meta['date']}; "
+              f"test Dice on {meta['test_cases']} held-out cases, last checkpoint, fold 0; "
+              f"spread = sample std over runs.\n\n")
+    atomic_write_text(header + table + "\n", join(out, "ssl_benchmark.md"))
+    if lines:
+        plot_bars(lines, join(out, "ssl_benchmark.png"),
+                  f"{meta['dataset']}: profile {meta['profile']} ({meta['budget']}), {meta['device']}")
+    return table
+
+
+def entry_point() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-i", required=True, help="MSD-style folder with ssl_splits.json (e.g. ../shared/data/hippocampus)")
+    parser.add_argument("-o", default="benchmark_results/ssl", help="output folder (results, logs, nnU-Net folders)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu-small")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=None, help="default: the profile's arms")
+    parser.add_argument("--fractions", nargs="+", default=None, help="labelled sets of the split file, e.g. 10pct")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per arm (nnU-Net training is not seeded)")
+    parser.add_argument("--concurrency", type=int, default=None, help="arms trained at once")
+    parser.add_argument("--n-proc-da", type=int, default=None, help="nnUNet_n_proc_DA per training")
+    parser.add_argument("--reader", default=None, help="image reader for dataset.json (e.g. NibabelIO)")
+    parser.add_argument("-d", "--base-id", type=int, default=700, help="first nnU-Net dataset id to use")
+    args = parser.parse_args()
+
+    profile = PROFILES[args.profile]
+    overrides = {k: v for k, v in (("arms", tuple(args.arms) if args.arms else None),
+                                   ("fractions", tuple(args.fractions) if args.fractions else None),
+                                   ("repeats", args.repeats), ("concurrency", args.concurrency),
+                                   ("n_proc_DA", args.n_proc_da)) if v is not None}
+    profile = Profile(**{**profile.__dict__, **overrides})
+    split_file = join(abspath(args.i), "ssl_splits.json")
+    if not isfile(split_file):
+        raise SystemExit(f"ERROR: {split_file} not found. The benchmark needs a fixed split: a JSON file with "
+                         f"'test', 'pool' and 'labelled_sets' (see ../shared/data/hippocampus/ssl_splits.json).")
+    out = abspath(args.o)
+    work = join(out, "work")
+    env = pipeline.nnunet_env(work, nnUNet_n_proc_DA=str(profile.n_proc_DA), nnUNet_compile="f",
+                              nnUNet_def_n_proc=str(profile.preprocess_processes), PYTHONUNBUFFERED="1")
+    env["nnUNet_results"] = join(work, "nnUNet_results_r0")
+    started = time.time()
+    semi_arms = [a for a in profile.arms if a != UPPER_BOUND]
+    ids = dataset_ids(args.base_id, list(profile.fractions), UPPER_BOUND in profile.arms)
+    print(f"[1/3] Preparing {len(ids)} dataset(s) from {args.i} (profile {profile.name})", flush=True)
+    prep_s = prepare_datasets(abspath(args.i), split_file, ids, profile, env, join(work, "logs"), args.reader)
+    jobs = [Job(arm, fraction, r, ids[fraction]) for r in range(profile.repeats) for fraction in profile.fractions
+            for arm in semi_arms]
+    jobs += [Job(UPPER_BOUND, UPPER_BOUND, r, ids[UPPER_BOUND]) for r in range(profile.repeats)
+             if UPPER_BOUND in profile.arms]
+    test_cases = len(os.listdir(join(pipeline.raw_dataset_folder(env, next(iter(ids.values()))), "labelsTs")))
+    meta = {"date": date.today().isoformat(), "profile": profile.name, "budget": profile.budget,
+            "device": describe_device(profile), "dataset": os.path.basename(abspath(args.i)),
+            "fractions": list(profile.fractions), "arms": list(profile.arms), "repeats": profile.repeats,
+            "concurrency": profile.concurrency, "nnUNet_n_proc_DA": profile.n_proc_DA, "tta": profile.tta,
+            "test_cases": test_cases, "preparation_s": prep_s}
+    print(f"[2/3] Training, predicting and evaluating {len(jobs)} run(s), {profile.concurrency} at a time "
+          f"({profile.budget} budget, {profile.device})", flush=True)
+    rows = run_jobs(jobs, profile, env, work, lambda rows: write_results(rows, out, meta))
+    meta["total_s"] = time.time() - started
+    print(f"[3/3] Results in {out} (ssl_benchmark.json/.md/.png), {meta['total_s']:.0f} s in all\n", flush=True)
+    print(write_results(rows, out, meta))
+    if any("error" in r for r in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -1,0 +1,51 @@
+"""Benchmark arms and budget profiles."""
+from dataclasses import dataclass, field
+from typing import Dict, Tuple
+
+# arm -> base trainer; "full_supervision" trains on the whole pool with all labels (upper bound)
+ARMS: Dict[str, str] = {
+    "supervised": "nnUNetTrainer",
+    "mean_teacher": "nnUNetTrainerMeanTeacher",
+    "fixmatch": "nnUNetTrainerFixMatch",
+    "mt_qw": "nnUNetTrainerMTQW",
+    "pl_qw": "nnUNetTrainerQGSSL_PLQW",
+    "qar": "nnUNetTrainerQGSSL_QAR",
+    "qg_ssl": "nnUNetTrainerQGSSL",
+    "full_supervision": "nnUNetTrainer",
+}
+LOWER_BOUND, UPPER_BOUND = "supervised", "full_supervision"
+SUPERVISED_ARMS = (LOWER_BOUND, UPPER_BOUND)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A budget: the trainer variant suffix (see nnUNetTrainer_benchmark.BUDGETS) and how to run the arms."""
+
+    name: str
+    budget: str
+    device: str
+    concurrency: int  # arms trained at once
+    n_proc_DA: int  # nnU-Net data-augmentation workers per training (and per unlabelled loader)
+    preprocess_processes: int
+    tta: bool
+    fractions: Tuple[str, ...] = ("10pct",)
+    repeats: int = 1
+    arms: Tuple[str, ...] = tuple(ARMS)
+    max_unlabelled: int = None  # subsets, for the pipeline test only
+    max_test: int = None
+    extra_env: Dict[str, str] = field(default_factory=dict)
+
+    def trainer(self, arm: str) -> str:
+        return f"{ARMS[arm]}_{self.budget}"
+
+
+PROFILES: Dict[str, Profile] = {
+    # one H100/H200, all arms at once, nnU-Net's reference budget (40 epochs x 100 iterations)
+    "gpu": Profile("gpu", "40epochs", "cuda", concurrency=8, n_proc_DA=2, preprocess_processes=12, tta=True),
+    # a 2-core CPU in under an hour: one arm at a time, 10 x 10 iterations, batch 2, no test-time mirroring
+    "cpu-small": Profile("cpu-small", "cpuSmall", "cpu", concurrency=1, n_proc_DA=0, preprocess_processes=2,
+                         tta=False),
+    # the pipeline test: two arms, a handful of iterations, a few cases
+    "tiny": Profile("tiny", "benchTiny", "cpu", concurrency=1, n_proc_DA=0, preprocess_processes=2, tta=False,
+                    arms=("supervised", "qg_ssl"), max_unlabelled=4, max_test=2),
+}

@@ -1,0 +1,89 @@
+"""Benchmark results: per-arm summary over runs, gap closed, markdown table, JSON and bar plot."""
+from collections import defaultdict
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from nnunet_qg.plotting import plt, save_figure
+
+from nnunet_qg.benchmark.profiles import ARMS, LOWER_BOUND, UPPER_BOUND
+
+COLUMNS = ["labelled", "arm", "runs", "Dice", "spread", "per label", "gap closed", "train s", "epoch s",
+           "epoch ratio", "g MAE (real)", "g Pearson (real)"]
+
+
+def summarise(rows: List[dict]) -> List[dict]:
+    """One line per (fraction, arm): mean and spread (sample std) of the test Dice over runs, gap closed.
+
+    The gap is that between the supervised arm of the same fraction and full supervision; the upper
+    bound's own line is listed under the fraction 'all'. Times are ratios to the supervised arm's."""
+    groups: Dict[tuple, List[dict]] = defaultdict(list)
+    for r in rows:
+        if "error" not in r:
+            groups[("all" if r["arm"] == UPPER_BOUND else r["fraction"], r["arm"])].append(r)
+    upper = groups.get(("all", UPPER_BOUND))
+    upper_dice = float(np.mean([r["dice"] for r in upper])) if upper else None
+    lines = []
+    order = {a: i for i, a in enumerate(ARMS)}
+    for (fraction, arm), runs in sorted(groups.items(), key=lambda kv: (kv[0][0] == "all", kv[0][0],
+                                                                         order[kv[0][1]])):
+        dice = np.array([r["dice"] for r in runs])
+        line = {"labelled": fraction, "arm": arm, "trainer": runs[0]["trainer"], "runs": len(runs),
+                "Dice": float(dice.mean()), "spread": float(dice.std(ddof=1)) if len(dice) > 1 else float("nan"),
+                "per label": " / ".join(f"{np.mean([r['dice_per_label'][k] for r in runs]):.4f}"
+                                        for k in sorted(runs[0]["dice_per_label"], key=int)),
+                "train s": float(np.mean([r["train_wall_s"] for r in runs])),
+                "epoch s": float(np.mean([r["epoch_s"] for r in runs]))}
+        for key, column in (("g_last_real_mae", "g MAE (real)"), ("g_last_real_pearson", "g Pearson (real)")):
+            values = [r[key] for r in runs if key in r]
+            line[column] = float(np.mean(values)) if values else ""
+        lower = groups.get((fraction, LOWER_BOUND))
+        if lower:
+            lower_dice = float(np.mean([r["dice"] for r in lower]))
+            line["epoch ratio"] = line["epoch s"] / float(np.mean([r["epoch_s"] for r in lower]))
+            if upper_dice is not None and upper_dice > lower_dice and arm != LOWER_BOUND:
+                line["gap closed"] = (line["Dice"] - lower_dice) / (upper_dice - lower_dice)
+        lines.append(line)
+    return lines
+
+
+def markdown_table(lines: List[dict]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return "" if np.isnan(v) else f"{v:.4f}" if abs(v) < 10 else f"{v:.0f}"
+        return str(v)
+    out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(fmt(line.get(c, "")) for c in COLUMNS) + " |" for line in lines]
+    return "\n".join(out)
+
+
+def plot_bars(lines: List[dict], filename: str, title: str, reference: Optional[Dict[str, float]] = None) -> None:
+    """Bar plot of the test Dice per arm (grouped by labelled fraction) with the spread as error bars."""
+    fractions = sorted({l["labelled"] for l in lines if l["labelled"] != "all"})
+    arms = [a for a in ARMS if any(l["arm"] == a for l in lines)]
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(arms) * max(1, len(fractions))), 4.5))
+    width = 0.8 / max(1, len(fractions))
+    for i, fraction in enumerate(fractions):
+        xs, ys, es = [], [], []
+        for j, arm in enumerate(arms):
+            match = [l for l in lines if l["arm"] == arm and l["labelled"] == (
+                "all" if arm == UPPER_BOUND else fraction)]
+            if match:
+                xs.append(j + (i - (len(fractions) - 1) / 2) * width)
+                ys.append(match[0]["Dice"])
+                es.append(0 if np.isnan(match[0]["spread"]) else match[0]["spread"])
+        ax.bar(xs, ys, width, yerr=es, capsize=3, label=f"{fraction} labelled")
+        for x, y in zip(xs, ys):
+            ax.text(x, y, f"{y:.3f}", ha="center", va="bottom", fontsize=7)
+    for name, value in (reference or {}).items():
+        ax.axhline(value, ls="--", lw=0.8, color="grey")
+        ax.text(len(arms) - 0.5, value, name, fontsize=7, va="bottom", ha="right", color="grey")
+    values = [l["Dice"] for l in lines]
+    ax.set_ylim(max(0.0, min(values) - 0.05), min(1.0, max(values) + 0.03))
+    ax.set_xticks(range(len(arms)))
+    ax.set_xticklabels(arms, rotation=20)
+    ax.set_ylabel("mean test Dice (foreground labels)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, filename, dpi=120)

@@ -1,0 +1,123 @@
+"""Prepare the benchmark datasets and run every arm: train -> predict the test cases -> evaluate."""
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from os.path import isfile, join
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from nnunet_qg import pipeline
+from nnunet_qg.benchmark.profiles import UPPER_BOUND, Profile
+
+CONFIGURATION, FOLD = "3d_fullres", "0"
+
+
+@dataclass(frozen=True)
+class Job:
+    arm: str
+    fraction: str  # key of the split file's labelled_sets
+    repeat: int
+    dataset_id: int
+
+
+def dataset_ids(base_id: int, fractions: List[str], with_full: bool) -> Dict[str, int]:
+    """One nnU-Net dataset per labelled fraction (and one with the whole pool labelled)."""
+    ids = {f: base_id + i for i, f in enumerate(fractions)}
+    if with_full:
+        ids[UPPER_BOUND] = base_id + len(fractions)
+    return ids
+
+
+def prepare_datasets(source: str, split_file: str, ids: Dict[str, int], profile: Profile, env: Dict[str, str],
+                     log_dir: str, reader: Optional[str] = None) -> Dict[str, float]:
+    """Convert (fixed split), plan and preprocess each dataset with stock nnU-Net; seconds per stage."""
+    with open(split_file) as f:
+        pool = json.load(f)["pool"]
+    seconds = {}
+    for key, dataset_id in ids.items():
+        split = ["--split-file", split_file] + (["--num-labelled", str(len(pool))] if key == UPPER_BOUND
+                                                else ["--labelled-set", key])
+        for option, value in (("--max-unlabelled", profile.max_unlabelled), ("--max-test", profile.max_test),
+                              ("--reader", reader)):
+            if value is not None:
+                split += [option, str(value)]
+        started = time.time()
+        print(f"  dataset {dataset_id} ({key}): convert, plan, preprocess", flush=True)
+        pipeline.convert_msd(source, dataset_id, split + ["--overwrite"], env, join(log_dir, f"convert_{dataset_id}.log"))
+        pipeline.plan_and_preprocess(dataset_id, env, log_dir, CONFIGURATION, profile.preprocess_processes,
+                                     unlabelled=key != UPPER_BOUND)
+        seconds[key] = time.time() - started
+    return seconds
+
+
+def read_training_log(fold_folder: str) -> dict:
+    """Epoch times and the quality predictor's last validation figures from the final checkpoint."""
+    checkpoint = torch.load(join(fold_folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    logging = checkpoint["logging"]
+    epoch_s = np.array(logging["epoch_end_timestamps"]) - np.array(logging["epoch_start_timestamps"])
+    out = {"epochs": len(epoch_s), "epoch_s": float(np.mean(epoch_s))}
+    for key in ("qg_val_real_mae", "qg_val_real_pearson", "qg_val_real_spearman",
+                "qg_val_corrupted_mae", "qg_val_corrupted_pearson"):
+        values = [v for v in logging.get(key, []) if v is not None and np.isfinite(v)]
+        if values:
+            out[key.replace("qg_val_", "g_last_")] = float(values[-1])
+    warmup = join(fold_folder, "quality_warmup_metrics.json")
+    if isfile(warmup):
+        with open(warmup) as f:
+            metrics = json.load(f)
+        out["g_warmup_real_mae"] = metrics["real"]["mean"]["mae"]
+        out["g_warmup_real_pearson"] = metrics["real"]["mean"]["pearson"]
+    return out
+
+
+def run_job(job: Job, profile: Profile, env: Dict[str, str], work: str) -> dict:
+    """Train one arm, predict the held-out test cases with the last checkpoint, evaluate them."""
+    trainer = profile.trainer(job.arm)
+    env = {**env, "nnUNet_results": join(work, f"nnUNet_results_r{job.repeat}")}
+    os.makedirs(env["nnUNet_results"], exist_ok=True)
+    tag = f"{job.fraction}_r{job.repeat}_{job.arm}"
+    logs = join(work, "logs")
+    raw = pipeline.raw_dataset_folder(env, job.dataset_id)
+    fold = pipeline.model_folder(env, job.dataset_id, trainer, CONFIGURATION, FOLD)
+    predictions = join(work, "predictions", tag)
+    shutil.rmtree(predictions, ignore_errors=True)
+    row = {"arm": job.arm, "trainer": trainer, "fraction": job.fraction, "repeat": job.repeat,
+           "dataset_id": job.dataset_id, "model_folder": fold}
+    row["train_wall_s"] = pipeline.train(job.dataset_id, CONFIGURATION, FOLD, trainer, env,
+                                         join(logs, f"train_{tag}.log"), device=profile.device)
+    row["predict_wall_s"] = pipeline.predict(job.dataset_id, CONFIGURATION, FOLD, trainer, join(raw, "imagesTs"),
+                                             predictions, env, join(logs, f"predict_{tag}.log"), device=profile.device,
+                                             tta=profile.tta, num_processes=max(1, profile.n_proc_DA))
+    summary = pipeline.evaluate(join(raw, "labelsTs"), predictions, env, join(logs, f"evaluate_{tag}.log"),
+                                num_processes=max(1, profile.n_proc_DA))
+    row["test_cases"] = len(summary["metric_per_case"])
+    row["dice"] = summary["foreground_mean"]["Dice"]
+    row["dice_per_label"] = {k: v["Dice"] for k, v in summary["mean"].items()}
+    row.update(read_training_log(fold))
+    return row
+
+
+def run_jobs(jobs: List[Job], profile: Profile, env: Dict[str, str], work: str,
+             on_result: Callable[[dict], None]) -> List[dict]:
+    """Run the jobs, `profile.concurrency` at a time; each result is handed to on_result as it arrives."""
+    rows = []
+    with ThreadPoolExecutor(max(1, profile.concurrency)) as pool:
+        futures = {pool.submit(run_job, job, profile, env, work): job for job in jobs}
+        for future in as_completed(futures):
+            job = futures[future]
+            try:
+                row = future.result()
+            except pipeline.StageError as e:
+                print(f"  FAILED {job.arm} ({job.fraction}, run {job.repeat}): {str(e).splitlines()[0]}", flush=True)
+                row = {"arm": job.arm, "fraction": job.fraction, "repeat": job.repeat, "error": str(e)[-2000:]}
+            else:
+                print(f"  done {job.arm} ({job.fraction}, run {job.repeat}): test Dice {row['dice']:.4f}, "
+                      f"training {row['train_wall_s']:.0f} s", flush=True)
+            rows.append(row)
+            on_result(rows)
+    return rows

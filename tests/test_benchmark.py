@@ -1,0 +1,66 @@
+"""The semi-supervised benchmark: its whole pipeline on a tiny budget, and its summary arithmetic."""
+import json
+import math
+
+from conftest import nnunet_env, run_cli
+
+from nnunet_qg.benchmark.report import markdown_table, summarise
+
+
+def _phantom_with_split(root, n_cases=10, n_test=2, n_labelled=4):
+    env = nnunet_env(root / "unused")
+    source = root / "Task902_Phantom"
+    run_cli(["nnUNetv2_qg_make_phantom", "-o", str(source), "-n", str(n_cases)], env)
+    cases = sorted(p.name[:-7] for p in (source / "labelsTr").iterdir())
+    split = {"test": cases[:n_test], "pool": cases[n_test:], "labelled_sets": {"tiny": cases[n_test:n_test + n_labelled]}}
+    (source / "ssl_splits.json").write_text(json.dumps(split))
+    return source, env
+
+
+def test_benchmark_pipeline_two_arms(tmp_path):
+    source, env = _phantom_with_split(tmp_path)
+    out = tmp_path / "bench"
+    proc = run_cli(["nnUNetv2_qg_benchmark", "-i", str(source), "--profile", "tiny", "--fractions", "tiny",
+                    "-o", str(out), "-d", "720"], env, timeout=1500)
+    result = json.loads((out / "ssl_benchmark.json").read_text())
+    runs = result["runs"]
+    assert sorted(r["arm"] for r in runs) == ["qg_ssl", "supervised"]
+    for r in runs:  # read from nnU-Net's own summary.json of the held-out cases and the final checkpoint
+        assert "error" not in r and r["test_cases"] == 2 and 0.0 <= r["dice"] <= 1.0
+        assert set(r["dice_per_label"]) == {"1", "2"} and r["epochs"] == 2 and r["epoch_s"] > 0
+    qg = next(r for r in runs if r["arm"] == "qg_ssl")
+    assert qg["trainer"] == "nnUNetTrainerQGSSL_benchTiny" and math.isfinite(qg["g_last_real_mae"])
+    lines = {line["arm"]: line for line in result["summary"]}
+    assert lines["supervised"]["epoch ratio"] == 1.0 and lines["qg_ssl"]["epoch ratio"] > 0
+    table = (out / "ssl_benchmark.md").read_text()
+    assert "| tiny | qg_ssl | 1 |" in table and "cpu" in table.lower()
+    assert (out / "ssl_benchmark.png").stat().st_size > 0
+    assert proc.stdout.rstrip().endswith(table.rstrip().splitlines()[-1])  # the table is printed last
+
+
+def test_benchmark_needs_a_split_file(tmp_path):
+    env = nnunet_env(tmp_path)
+    proc = run_cli(["nnUNetv2_qg_benchmark", "-i", str(tmp_path), "--profile", "tiny"], env, check=False)
+    assert proc.returncode != 0 and "ssl_splits.json not found" in proc.stderr
+
+
+def _row(arm, fraction, dice, repeat=0, epoch_s=1.0):
+    return {"arm": arm, "trainer": arm, "fraction": fraction, "repeat": repeat, "dice": dice,
+            "dice_per_label": {"1": dice, "2": dice}, "train_wall_s": 10.0, "epoch_s": epoch_s}
+
+
+def test_summary_gap_closed_and_spread():
+    rows = [_row("supervised", "10pct", 0.80), _row("supervised", "10pct", 0.82, 1),
+            _row("qg_ssl", "10pct", 0.85, epoch_s=2.0), _row("qg_ssl", "10pct", 0.87, 1, epoch_s=2.0),
+            _row("full_supervision", "full_supervision", 0.91)]
+    lines = {(l["labelled"], l["arm"]): l for l in summarise(rows)}
+    qg = lines[("10pct", "qg_ssl")]
+    assert math.isclose(qg["Dice"], 0.86) and math.isclose(qg["spread"], math.sqrt(2) * 0.01)
+    assert math.isclose(qg["gap closed"], (0.86 - 0.81) / (0.91 - 0.81)) and qg["epoch ratio"] == 2.0
+    assert ("all", "full_supervision") in lines and "gap closed" not in lines[("10pct", "supervised")]
+    assert "| 10pct | qg_ssl | 2 | 0.8600 |" in markdown_table(list(lines.values()))
+
+
+def test_summary_skips_failed_runs():
+    rows = [_row("supervised", "10pct", 0.80), {"arm": "qg_ssl", "fraction": "10pct", "repeat": 0, "error": "x"}]
+    assert [l["arm"] for l in summarise(rows)] == ["supervised"]

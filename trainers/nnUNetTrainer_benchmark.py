@@ -1,0 +1,44 @@
+"""Fixed-budget variants of every benchmark arm (stock nnUNetTrainer included), like nnU-Net's
+nnUNetTrainer_Xepochs: `<trainer>_<budget>`, e.g. nnUNetTrainerQGSSL_40epochs.
+
+Every arm of a benchmark profile gets exactly the same schedule (epochs, iterations, validation
+iterations, batch-size cap); the semi-supervised ramps are fractions of num_epochs and keep their
+shape.
+"""
+from typing import Dict
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerFixMatch, nnUNetTrainerMeanTeacher
+from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_PLQW,
+                                                   nnUNetTrainerQGSSL_QAR)
+from nnunet_qg.trainers.short_schedule import ShortSchedule
+
+BENCHMARK_BASES = (nnUNetTrainer, nnUNetTrainerMeanTeacher, nnUNetTrainerFixMatch, nnUNetTrainerMTQW,
+                   nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_QAR, nnUNetTrainerQGSSL)
+
+# budget suffix -> ShortSchedule attributes
+BUDGETS: Dict[str, Dict[str, int]] = {
+    # the reference budget of ../shared/gpu (stock nnUNetTrainer, 40 x 100 iterations, the plans' batch size)
+    "40epochs": dict(short_num_epochs=40, short_iterations_per_epoch=100, short_val_iterations_per_epoch=50,
+                     short_save_every=50, short_max_batch_size=10 ** 6),
+    # the cpu-small benchmark profile: all arms in under an hour on 2 cores
+    "cpuSmall": dict(short_num_epochs=10, short_iterations_per_epoch=10, short_val_iterations_per_epoch=3,
+                     short_save_every=5, short_max_batch_size=2),
+    # the benchmark's pipeline test
+    "benchTiny": dict(short_num_epochs=2, short_iterations_per_epoch=3, short_val_iterations_per_epoch=2,
+                      short_save_every=1, short_max_batch_size=2),
+}
+
+
+def budget_variant(base: type, budget: str) -> type:
+    """`<base>_<budget>`: base with the schedule of BUDGETS[budget]."""
+    name = f"{base.__name__}_{budget}"
+    return type(name, (ShortSchedule, base), {**BUDGETS[budget], "__module__": __name__,
+                                              "__doc__": f"{base.__name__} with the '{budget}' benchmark budget."})
+
+
+for _base in BENCHMARK_BASES:
+    for _budget in BUDGETS:
+        _cls = budget_variant(_base, _budget)
+        globals()[_cls.__name__] = _cls
