@@ -10,7 +10,7 @@ ARMS=${ARMS:-"supervised mean_teacher qg_ssl"}
 START=$(date +%s)
 left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
 
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
 export nnUNet_extTrainer=/tmp/site/nnunet_qg/_ext_trainers  # .pth hooks do not run from --target folders
 LOG=$OUT/benchmark.log
@@ -24,7 +24,7 @@ echo "benchmark exit code $? after $(( $(date +%s) - START )) s" >> "$LOG"
 pkill -f nnUNetv2_train; pkill -f nnUNetv2_predict; sleep 2  # a timed-out benchmark leaves its children running
 cp /tmp/bench/ssl_benchmark.json /tmp/bench/ssl_benchmark.md /tmp/bench/ssl_benchmark.png "$OUT"/ 2>/dev/null
 
-if [ "$(left)" -gt 70 ]; then
+if [ -f /tmp/bench/ssl_benchmark.json ] && [ "$(left)" -gt 70 ]; then
   export nnUNet_raw=/tmp/bench/work/nnUNet_raw nnUNet_preprocessed=/tmp/bench/work/nnUNet_preprocessed \
          nnUNet_results=/tmp/speed_results nnUNet_n_proc_DA=12 nnUNet_compile=f
   timeout $(( $(left) - 25 )) python3 benchmarks/trainer_speed_benchmark.py -d 700 --device cuda --iterations 15 \

@@ -80,9 +80,16 @@ def random_split(case_ids: List[str], num_labelled: int, num_test: int, seed: in
 
 
 def _copy_image(source_image: str, target_folder: str) -> None:
+    """3D: copied as <case>_0000.nii.gz (header read with nibabel); 4D: one file per channel (nnU-Net's)."""
+    import nibabel
+
+    if len(nibabel.load(source_image).shape) == 3:
+        case = os.path.basename(source_image)[:-len(".nii.gz")]
+        shutil.copy(source_image, join(target_folder, f"{case}_0000.nii.gz"))
+        return
     from nnunetv2.dataset_conversion.convert_MSD_dataset import split_4d_nifti
 
-    split_4d_nifti(source_image, target_folder)  # 3D: copied as _0000; 4D: one file per channel
+    split_4d_nifti(source_image, target_folder)
 
 
 def convert_msd_ssl(source_folder: str, dataset_id: int, split: Dict[str, List[str]],

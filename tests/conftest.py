@@ -80,3 +80,29 @@ def phantom_copy(phantom_env, tmp_path) -> Dict[str, str]:
         shutil.rmtree(env[name])
         shutil.copytree(phantom_env[name], env[name])
     return env
+
+
+def train_on_corruptions(cases, steps: int, patch_size=None, seed: int = 0):
+    """A quality predictor trained on corrupted ground truth of `cases` [(image, label map)]; also
+    returns its QualityPredictorTrainer and the Dice targets it saw."""
+    import numpy as np
+    import torch
+
+    from nnunet_qg.quality.network import QualityPredictor
+    from nnunet_qg.quality.training import QualityPredictorTrainer
+
+    torch.manual_seed(seed)
+    g = QualityPredictor(1, 2, patch_size or cases[0][0].shape)
+    trainer = QualityPredictorTrainer(g, [1, 2], [0, 1, 2], lr=2e-3, real_fraction=0.0, seed=seed)
+    images = torch.from_numpy(np.stack([c[0] for c in cases])[:, None])
+    targets = torch.from_numpy(np.stack([c[1] for c in cases])[:, None])
+    seen = []
+    for _ in range(steps):
+        idx = torch.randperm(len(cases))[:6]
+        mask, dice = trainer.corrupted_samples(targets[idx])
+        seen.append(dice.numpy())
+        trainer.optimizer.zero_grad()
+        loss = torch.nn.functional.smooth_l1_loss(g.train()(images[idx], mask), dice, beta=0.1)
+        loss.backward()
+        trainer.optimizer.step()
+    return g.eval(), trainer, seen

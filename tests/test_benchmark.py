@@ -7,7 +7,7 @@ from conftest import nnunet_env, run_cli
 from nnunet_qg.benchmark.report import markdown_table, summarise
 
 
-def _phantom_with_split(root, n_cases=10, n_test=2, n_labelled=4):
+def _phantom_with_split(root, n_cases=12, n_test=2, n_labelled=6):
     env = nnunet_env(root / "unused")
     source = root / "Task902_Phantom"
     run_cli(["nnUNetv2_qg_make_phantom", "-o", str(source), "-n", str(n_cases)], env)

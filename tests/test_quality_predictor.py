@@ -4,7 +4,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import HIPPOCAMPUS, requires_hippocampus
+from conftest import HIPPOCAMPUS, requires_hippocampus, train_on_corruptions
 from nnunet_qg.phantom import make_phantom_case
 from nnunet_qg.quality.network import QualityPredictor, load_quality_predictor, save_quality_predictor
 from nnunet_qg.quality.training import QualityPredictorTrainer, one_hot_foreground
@@ -30,6 +30,21 @@ def test_frozen_predictor_passes_gradients_but_is_not_updated():
     assert all(p.grad is None for p in g.parameters()) and not g.training
     trainer.optimizer.step()
     assert all(torch.equal(before[k], v) for k, v in g.state_dict().items())
+
+
+def test_refresh_step_updates_a_frozen_predictor_and_freezes_it_again():
+    g = QualityPredictor(1, 2, (16, 16, 16))
+    trainer = QualityPredictorTrainer(g, [1, 2], [0, 1, 2], real_fraction=0.2, num_threads=1)
+    trainer.freeze()
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    target = torch.zeros(2, 1, 16, 16, 16, dtype=torch.long)
+    target[:, :, 4:10, 4:10, 4:10] = 1
+    target[:, :, 10:14, 4:10, 4:10] = 2
+    loss = trainer.refresh_step(torch.randn(2, 1, 16, 16, 16), target, torch.randn(2, 3, 16, 16, 16),
+                                torch.autocast("cpu", enabled=False), real_fraction=1.0)
+    assert loss > 0 and not all(torch.equal(before[k], v) for k, v in g.state_dict().items())
+    assert trainer.frozen and not g.training and not any(p.requires_grad for p in g.parameters())
+    assert trainer.real_fraction == 0.2  # the override applied to that step only
 
 
 def test_save_and_safe_load_round_trip(tmp_path):
@@ -60,22 +75,8 @@ def _hippocampus_cases(n):
 
 
 def _learns(cases, steps: int):
-    torch.manual_seed(0)
     train, held_out = cases[:-4], cases[-4:]
-    shape = train[0][0].shape
-    g = QualityPredictor(1, 2, shape)
-    trainer = QualityPredictorTrainer(g, [1, 2], [0, 1, 2], lr=2e-3, real_fraction=0.0, seed=0)
-    images = torch.from_numpy(np.stack([c[0] for c in train])[:, None])
-    targets = torch.from_numpy(np.stack([c[1] for c in train])[:, None])
-    seen = []
-    for step in range(steps):
-        idx = torch.randperm(len(train))[:6]
-        mask, dice = trainer.corrupted_samples(targets[idx])
-        seen.append(dice.numpy())
-        trainer.optimizer.zero_grad()
-        loss = torch.nn.functional.smooth_l1_loss(g.train()(images[idx], mask), dice, beta=0.1)
-        loss.backward()
-        trainer.optimizer.step()
+    g, trainer, seen = train_on_corruptions(train, steps)
     # held-out cases, fresh corruptions
     trainer.rng = np.random.default_rng(99)
     images_h = torch.from_numpy(np.stack([c[0] for c in held_out])[:, None])

@@ -1,9 +1,10 @@
 """nnUNetTrainer subclasses of nnunet-qg (installed as `nnunet_qg.trainers`)."""
 from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerFixMatch, nnUNetTrainerMeanTeacher
-from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_PLQW,
-                                                   nnUNetTrainerQGSSL_QAR)
+from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gRefresh,
+                                                   nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_QAR)
 from nnunet_qg.trainers.nnUNetTrainerQGSSL_short import (nnUNetTrainerFixMatch_debug, nnUNetTrainerMeanTeacher_debug,
                                                          nnUNetTrainerMTQW_debug, nnUNetTrainerQGSSL_debug, nnUNetTrainerQGSSL_demo,
+                                                         nnUNetTrainerQGSSL_gRefresh_debug,
                                                          nnUNetTrainerQGSSL_PLQW_debug, nnUNetTrainerQGSSL_QAR_debug)
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup_short import (nnUNetTrainerQGWarmup_cpuBench, nnUNetTrainerQGWarmup_debug,

@@ -133,6 +133,21 @@ class nnUNetTrainerQGSSL_QAR(nnUNetTrainerQGSSL):
         self.plqw_weight = 0.0
 
 
+class nnUNetTrainerQGSSL_gRefresh(nnUNetTrainerQGSSL):
+    """QG-SSL whose quality predictor keeps learning from the labelled batch after the warm-up.
+
+    Why: on the GPU benchmark (README, Measured) a g frozen after a short warm-up had only seen the
+    early network's poor predictions; on the later, good ones it under-predicted (teacher
+    pseudo-labels scored ~0.3) and anti-ranked, so PL-QW kept almost nothing. Here g takes one
+    step every `quality_refresh_every` iterations on the labelled batch (labels only from the
+    labelled cases), and is frozen (eval, no parameter gradients) in between, for PL-QW and QAR."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.quality_refresh_every = 2
+
+
 class nnUNetTrainerMTQW(nnUNetTrainerQGSSL):
     """Mean Teacher with quality weights (the paper's drop-in claim): per-sample consistency x w."""
 

@@ -3,8 +3,8 @@
 4 epochs x 3 iterations: warm-up in epoch 0, PL-QW from epoch 1, QAR from epoch 2.
 """
 from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerFixMatch, nnUNetTrainerMeanTeacher
-from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_PLQW,
-                                                   nnUNetTrainerQGSSL_QAR)
+from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gRefresh,
+                                                   nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_QAR)
 from nnunet_qg.trainers.short_schedule import ShortSchedule
 
 class QGDebugSchedule(ShortSchedule):
@@ -25,6 +25,10 @@ class nnUNetTrainerQGSSL_PLQW_debug(QGDebugSchedule, nnUNetTrainerQGSSL_PLQW):
 
 class nnUNetTrainerQGSSL_QAR_debug(QGDebugSchedule, nnUNetTrainerQGSSL_QAR):
     """Smoke test of nnUNetTrainerQGSSL_QAR."""
+
+
+class nnUNetTrainerQGSSL_gRefresh_debug(QGDebugSchedule, nnUNetTrainerQGSSL_gRefresh):
+    """Smoke test of nnUNetTrainerQGSSL_gRefresh."""
 
 
 class nnUNetTrainerMTQW_debug(QGDebugSchedule, nnUNetTrainerMTQW):

@@ -44,6 +44,11 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         self.quality_category_probabilities = None  # None: the paper's mixture
         self.quality_features = (16, 32, 64, 128)
         self.quality_seed = 12345
+        # 0: g frozen after the warm-up (the paper). k > 0: afterwards g still takes one step every k
+        # iterations on the labelled batch, so it follows the network's improving predictions
+        self.quality_refresh_every = 0
+        self.quality_refresh_real_fraction = 0.5  # share of real predictions in those steps
+        self._steps_since_warmup = 0
         self.quality = None  # QualityPredictorTrainer, set in initialize()
         self._quality_val: List[Dict] = []
 
@@ -86,11 +91,15 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
             self.print_to_log_file(f"Quality predictor frozen after {self.warmup_epochs} warm-up epochs.")
 
     def after_train_step(self, data, target, output_labeled) -> Dict[str, float]:
-        if self.quality.frozen:
-            return {"qg_train_loss": np.float64(np.nan)}
         target0 = target[0] if isinstance(target, list) else target
         logits0 = output_labeled[0] if isinstance(output_labeled, list) else output_labeled
-        return {"qg_train_loss": np.float64(self.quality.train_step(data, target0, logits0, self._autocast()))}
+        if not self.quality.frozen:
+            return {"qg_train_loss": np.float64(self.quality.train_step(data, target0, logits0, self._autocast()))}
+        self._steps_since_warmup += 1
+        if self.quality_refresh_every > 0 and self._steps_since_warmup % self.quality_refresh_every == 0:
+            return {"qg_train_loss": np.float64(self.quality.refresh_step(
+                data, target0, logits0, self._autocast(), self.quality_refresh_real_fraction))}
+        return {"qg_train_loss": np.float64(np.nan)}
 
     # ------------------------------------------------------------------ measurement
     def on_validation_epoch_start(self):

@@ -221,7 +221,8 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         outputs = collate_outputs(train_outputs)
         parts = []
         for key in self.ssl_log_keys:
-            value = float(np.mean(outputs[key]))
+            values = np.asarray(outputs[key], dtype=float)  # steps where a value does not apply log nan
+            value = float(values[np.isfinite(values)].mean()) if np.isfinite(values).any() else float("nan")
             if self.is_ddp:
                 gathered = [None] * dist.get_world_size()
                 dist.all_gather_object(gathered, value)

@@ -11,6 +11,7 @@ ARMS: Dict[str, str] = {
     "pl_qw": "nnUNetTrainerQGSSL_PLQW",
     "qar": "nnUNetTrainerQGSSL_QAR",
     "qg_ssl": "nnUNetTrainerQGSSL",
+    "qg_ssl_refresh": "nnUNetTrainerQGSSL_gRefresh",  # g keeps learning after the warm-up (not in the paper)
     "full_supervision": "nnUNetTrainer",
 }
 LOWER_BOUND, UPPER_BOUND = "supervised", "full_supervision"
@@ -30,7 +31,7 @@ class Profile:
     tta: bool
     fractions: Tuple[str, ...] = ("10pct",)
     repeats: int = 1
-    arms: Tuple[str, ...] = tuple(ARMS)
+    arms: Tuple[str, ...] = tuple(a for a in ARMS if a != "qg_ssl_refresh")  # the paper's arms; add it with --arms
     max_unlabelled: int = None  # subsets, for the pipeline test only
     max_test: int = None
     extra_env: Dict[str, str] = field(default_factory=dict)

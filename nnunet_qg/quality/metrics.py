@@ -20,7 +20,11 @@ def agreement_per_label(predicted: np.ndarray, true: np.ndarray, label_names) ->
     """`agreement` for each column of (N, L) arrays, plus 'mean' over labels."""
     per_label = {str(name): agreement(predicted[:, i], true[:, i]) for i, name in enumerate(label_names)}
     keys = ("mae", "pearson", "spearman")
-    per_label["mean"] = {k: float(np.nanmean([v[k] for v in per_label.values()])) if per_label else float("nan")
-                         for k in keys}
+    per_label["mean"] = {k: _mean_ignoring_nan([v[k] for v in per_label.values()]) for k in keys}
     per_label["mean"]["n"] = int(len(true))
     return per_label
+
+
+def _mean_ignoring_nan(values) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")

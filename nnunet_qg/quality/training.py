@@ -107,6 +107,20 @@ class QualityPredictorTrainer:
         self.optimizer.step()
         return float(loss.detach())
 
+    def refresh_step(self, images: torch.Tensor, target: torch.Tensor, seg_logits: torch.Tensor, autocast_ctx,
+                     real_fraction: Optional[float] = None) -> float:
+        """One training step of a frozen g (to follow the network's improving predictions), frozen again
+        after; `real_fraction` overrides the share of real predictions for this step."""
+        saved = self.real_fraction
+        self.real_fraction = saved if real_fraction is None else real_fraction
+        self.model.requires_grad_(True)
+        try:
+            return self.train_step(images, target, seg_logits, autocast_ctx)
+        finally:
+            self.real_fraction = saved
+            self.model.eval()
+            self.model.requires_grad_(False)
+
     def freeze(self) -> None:
         """Eval mode and no parameter updates; g stays differentiable with respect to its mask input."""
         self.model.eval()
