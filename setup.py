@@ -53,12 +53,17 @@ setup(
         "tqdm",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"conversion": ["h5py", "tifffile", "Pillow"],
+                    "test": ["pytest", "h5py", "tifffile", "Pillow"]},
     cmdclass={"build_py": build_py_with_pth},
     entry_points={
         "console_scripts": [
             "nnUNetv2_preprocess_unlabeled=nnunet_qg.unlabeled.preprocess:entry_point",
             "nnUNetv2_convert_MSD_ssl=nnunet_qg.dataset_conversion.convert_msd_ssl:entry_point",
+            "nnUNetv2_convert_PH2_ssl=nnunet_qg.dataset_conversion.convert_2d_ssl:ph2_entry_point",
+            "nnUNetv2_convert_Kvasir_ssl=nnunet_qg.dataset_conversion.convert_2d_ssl:kvasir_entry_point",
+            "nnUNetv2_convert_CVC_ssl=nnunet_qg.dataset_conversion.convert_2d_ssl:cvc_entry_point",
+            "nnUNetv2_convert_LA_ssl=nnunet_qg.dataset_conversion.convert_la_ssl:entry_point",
             "nnUNetv2_qg_make_phantom=nnunet_qg.phantom:entry_point",
             "nnUNetv2_qg_demo=nnunet_qg.demo:entry_point",
             "nnUNetv2_qg_export_teacher=nnunet_qg.export_teacher:entry_point",

@@ -73,7 +73,7 @@ def test_sigmoid_rampup():
 
 
 def test_split_file_first_k_of_pool(tmp_path):
-    from nnunet_qg.dataset_conversion.convert_msd_ssl import ConversionError, split_from_file
+    from nnunet_qg.dataset_conversion.ssl_dataset import ConversionError, split_from_file
 
     f = tmp_path / "s.json"
     f.write_text(json.dumps({"test": ["t1"], "pool": ["a", "b", "c"], "labelled_sets": {"x": ["c"]}}))

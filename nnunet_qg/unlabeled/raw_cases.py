@@ -9,6 +9,8 @@ from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 from nnunet_qg.unlabeled.errors import UnlabeledDataError
 from nnunet_qg.unlabeled.paths import UNLABELED_RAW_SUBFOLDER
 
+NATURAL_IMAGE_ENDINGS = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+
 
 def find_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict) -> Dict[str, List[str]]:
     """Map case id -> channel files (sorted by channel) for `imagesUnlabeled/`.
@@ -41,8 +43,10 @@ def find_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict) -> Dict[st
             f"Zero unlabelled cases: {folder} holds no <case>_0000{ending} files. Add unlabelled images "
             f"there (same naming and file ending as imagesTr).")
     expected = set(range(num_channels))
+    # nnU-Net's natural-image reader takes an RGB(A) image as its channels from a single _0000 file
+    one_file_holds_channels = ending.lower() in NATURAL_IMAGE_ENDINGS and num_channels in (3, 4)
     for case, files in channels.items():
-        if set(files) != expected:
+        if set(files) != expected and not (one_file_holds_channels and set(files) == {0}):
             found = ", ".join(f"_{c:04d}" for c in sorted(files))
             want = ", ".join(f"_{c:04d}" for c in sorted(expected))
             raise UnlabeledDataError(

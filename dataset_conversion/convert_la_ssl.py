@@ -1,0 +1,116 @@
+"""`nnUNetv2_convert_LA_ssl`: Left Atrium 2018 (the widely shared h5 form) -> nnU-Net v2 raw dataset.
+
+Source layout (as used by UA-MT / SSL4MIS): a folder with `2018LA_Seg_Training Set/<id>/mri_norm2.h5`
+(datasets `image`, float32 normalised MRI, x-y-z order, and `label`, uint8 0/1), and beside it
+`train.list` (80 ids) and `test.list` (20 ids). The standard protocols take the first 4 (5 %) or 8
+(10 %) ids of train.list as labelled (`--num-labelled 4|8`), the rest of train.list as unlabelled and
+test.list for testing. h5 carries no spacing: `--spacing` (default 0.625 mm isotropic, the LA MRI's
+resolution). Images are written as NIfTI (CASE_0000.nii.gz), labels as CASE.nii.gz.
+"""
+import argparse
+import os
+from os.path import isdir, isfile, join
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from nnunet_qg.dataset_conversion.ssl_dataset import (ConversionError, check_split, check_unique,
+                                                      split_from_file, write_ssl_dataset)
+
+CASES_FOLDER = "2018LA_Seg_Training Set"
+DEFAULT_SPACING = (0.625, 0.625, 0.625)
+
+
+def read_list(path: str) -> List[str]:
+    if not isfile(path):
+        raise ConversionError(f"{path} is missing. The LA h5 release has train.list and test.list beside "
+                              f"'{CASES_FOLDER}/'.")
+    with open(path) as f:
+        ids = [line.strip() for line in f if line.strip()]
+    check_unique(ids, path)
+    return ids
+
+
+def la_cases(folder: str) -> Dict[str, List[str]]:
+    """train / test ids of the LA folder, each with its h5 file present."""
+    cases = join(folder, CASES_FOLDER)
+    if not isdir(cases):
+        raise ConversionError(f"{folder} does not look like the LA 2018 h5 release: expected "
+                              f"'{CASES_FOLDER}/<id>/mri_norm2.h5' with train.list and test.list beside it.")
+    lists = {"train": read_list(join(folder, "train.list")), "test": read_list(join(folder, "test.list"))}
+    for ids in lists.values():
+        for case in ids:
+            if not isfile(join(cases, case, "mri_norm2.h5")):
+                raise ConversionError(f"Case {case} is listed but {join(cases, case, 'mri_norm2.h5')} is missing.")
+    return lists
+
+
+def read_h5_case(path: str):
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        for key in ("image", "label"):
+            if key not in f:
+                raise ConversionError(f"{path} has no '{key}' dataset (it has: {', '.join(f.keys())}).")
+        image, label = np.asarray(f["image"], dtype=np.float32), np.asarray(f["label"])
+    if image.shape != label.shape:
+        raise ConversionError(f"{path}: image {image.shape} and label {label.shape} differ in shape.")
+    values = set(np.unique(label).tolist())
+    if not values <= {0, 1}:
+        raise ConversionError(f"{path}: labels {sorted(values)} outside the declared set {{0, 1}} (background, "
+                              f"left atrium).")
+    return image, label.astype(np.uint8)
+
+
+def write_nifti(array_xyz: np.ndarray, spacing: Sequence[float], path: str) -> None:
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.transpose(array_xyz, (2, 1, 0)))  # SimpleITK arrays are z-y-x
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    sitk.WriteImage(image, path)
+
+
+def convert_la_ssl(folder: str, dataset_id: int, split: Dict[str, List[str]], spacing=DEFAULT_SPACING,
+                   name: str = "LeftAtrium", overwrite: bool = False) -> str:
+    lists = la_cases(folder)
+    check_split(split, lists["train"] + lists["test"], join(folder, CASES_FOLDER))
+
+    def write_case(case: str, image_folder: str, label_folder: Optional[str]) -> None:
+        image, label = read_h5_case(join(folder, CASES_FOLDER, case, "mri_norm2.h5"))
+        write_nifti(image, spacing, join(image_folder, f"{case}_0000.nii.gz"))
+        if label_folder is not None:
+            write_nifti(label, spacing, join(label_folder, f"{case}.nii.gz"))
+
+    return write_ssl_dataset(dataset_id, name, split, write_case, channel_names={0: "MRI"},
+                             labels={"background": 0, "left_atrium": 1}, file_ending=".nii.gz",
+                             overwrite=overwrite, reference="2018 Atrial Segmentation Challenge (h5 form of UA-MT)",
+                             description=f"LA 2018, spacing {list(spacing)} mm given at conversion (h5 has none)")
+
+
+def entry_point() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-i", required=True, help=f"folder with '{CASES_FOLDER}/', train.list and test.list")
+    parser.add_argument("-d", type=int, required=True, help="Target dataset id (DatasetXXX)")
+    parser.add_argument("--num-labelled", type=int, default=None,
+                        help="labelled cases from the start of train.list (4 = 5 %%, 8 = 10 %%)")
+    parser.add_argument("--split-file", default=None, help="a converter's ssl_split.json instead of the lists")
+    parser.add_argument("--spacing", type=float, nargs=3, default=list(DEFAULT_SPACING),
+                        help="voxel spacing in mm (h5 has none). Default: 0.625 0.625 0.625")
+    parser.add_argument("--name", default="LeftAtrium")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing dataset with this id")
+    args = parser.parse_args()
+    try:
+        if args.split_file:
+            split = split_from_file(args.split_file)
+        else:
+            if args.num_labelled is None:
+                raise ConversionError("Give --num-labelled (4 or 8 in the standard protocols) or --split-file.")
+            lists = la_cases(args.i)
+            if args.num_labelled > len(lists["train"]):
+                raise ConversionError(f"{args.num_labelled} labelled cases requested, but train.list has only "
+                                      f"{len(lists['train'])}.")
+            split = {"labelled": lists["train"][:args.num_labelled],
+                     "unlabelled": lists["train"][args.num_labelled:], "test": lists["test"]}
+        convert_la_ssl(os.path.abspath(args.i), args.d, split, args.spacing, args.name, args.overwrite)
+    except ConversionError as e:
+        raise SystemExit(f"ERROR: {e}")

@@ -1,0 +1,163 @@
+"""What every semi-supervised converter shares: the labelled / unlabelled / test split and the
+atomic writing of an nnU-Net v2 raw dataset with imagesUnlabeled/.
+
+Labelled cases go to imagesTr/labelsTr, the other training cases to imagesUnlabeled WITHOUT their
+labels, test cases to imagesTs plus labelsTs (kept for evaluation only). The dataset is assembled
+in a temporary folder next to its target and renamed at the end; `ssl_split.json` in it records
+the split (and is itself a split file for --split-file).
+"""
+import argparse
+import os
+import shutil
+from os.path import isdir, join
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+from batchgenerators.utilities.file_and_folder_operations import load_json, maybe_mkdir_p
+from tqdm import tqdm
+
+from nnunet_qg.atomic import atomic_write_json
+
+SPLIT_RECORD_FILE = "ssl_split.json"
+Split = Dict[str, List[str]]
+
+
+class ConversionError(RuntimeError):
+    """The source folder or split does not look as expected; the message says what was expected."""
+
+
+def split_from_file(split_file: str, labelled_set: Optional[str] = None, num_labelled: Optional[int] = None) -> Split:
+    """labelled / unlabelled / test ids from a split file: the `ssl_splits.json` format (test, pool,
+    labelled_sets; the labelled set for k labels is the first k of the pool) or a converter's own
+    `ssl_split.json` record (labelled, unlabelled, test)."""
+    split = load_json(split_file)
+    if all(k in split for k in ("labelled", "unlabelled", "test")) and labelled_set is None and num_labelled is None:
+        return {k: list(split[k]) for k in ("labelled", "unlabelled", "test")}
+    for key in ("test", "pool"):
+        if key not in split:
+            raise ConversionError(f"Split file {split_file} has no '{key}' list. Expected 'test', 'pool' and "
+                                  f"optionally 'labelled_sets' (see ssl_splits.json), or a converter's record "
+                                  f"with 'labelled', 'unlabelled' and 'test'.")
+    pool = list(split["pool"])
+    if labelled_set is not None:
+        sets = split.get("labelled_sets", {})
+        if labelled_set not in sets:
+            raise ConversionError(f"Labelled set '{labelled_set}' not in {split_file} (it has: "
+                                  f"{', '.join(sets) or 'none'}).")
+        labelled = list(sets[labelled_set])
+    elif num_labelled is not None:
+        if num_labelled > len(pool):
+            raise ConversionError(f"{num_labelled} labelled cases requested, but the pool of {split_file} has "
+                                  f"only {len(pool)}.")
+        labelled = pool[:num_labelled]
+    else:
+        raise ConversionError("With a split file, give --labelled-set NAME or --num-labelled N.")
+    outside = sorted(set(labelled) - set(pool))
+    if outside:
+        raise ConversionError(f"Labelled cases not in the pool of {split_file}: {', '.join(outside[:5])}.")
+    chosen = set(labelled)
+    return {"labelled": labelled, "unlabelled": [c for c in pool if c not in chosen], "test": list(split["test"])}
+
+
+def random_split(case_ids: List[str], num_labelled: int, num_test: int, seed: int) -> Split:
+    """A seeded random split: `num_test` test cases, `num_labelled` labelled, the rest unlabelled."""
+    if num_labelled + num_test > len(case_ids):
+        raise ConversionError(f"Cannot take {num_labelled} labelled and {num_test} test cases from "
+                              f"{len(case_ids)} cases.")
+    order = [case_ids[i] for i in np.random.RandomState(seed).permutation(len(case_ids))]
+    return {"test": sorted(order[:num_test]), "labelled": sorted(order[num_test:num_test + num_labelled]),
+            "unlabelled": sorted(order[num_test + num_labelled:])}
+
+
+def check_split(split: Split, known_ids, where: str) -> None:
+    """Every id known, the three sets disjoint, at least one labelled case."""
+    unknown = sorted(set(sum(split.values(), [])) - set(known_ids))
+    if unknown:
+        raise ConversionError(f"Split names cases that are not in {where}: {', '.join(unknown[:5])}.")
+    for a, b in (("labelled", "unlabelled"), ("labelled", "test"), ("unlabelled", "test")):
+        both = set(split[a]) & set(split[b])
+        if both:
+            raise ConversionError(f"Cases both {a} and {b}: {', '.join(sorted(both)[:5])}. The sets must be disjoint.")
+    if not split["labelled"]:
+        raise ConversionError("The split has no labelled case.")
+
+
+def check_unique(case_ids: List[str], where: str) -> None:
+    seen, duplicates = set(), set()
+    for c in case_ids:
+        (duplicates if c in seen else seen).add(c)
+    if duplicates:
+        raise ConversionError(f"Duplicate case ids in {where}: {', '.join(sorted(duplicates)[:5])}. Each case may "
+                              f"appear once.")
+
+
+def add_split_arguments(parser: argparse.ArgumentParser, default_test_fraction: float = 0.2) -> None:
+    parser.add_argument("-d", type=int, required=True, help="Target dataset id (DatasetXXX)")
+    parser.add_argument("--split-file", default=None,
+                        help="ssl_splits.json-style file (test, pool, labelled_sets) or a converter's ssl_split.json")
+    parser.add_argument("--labelled-set", default=None, help="Key of labelled_sets in the split file, e.g. 10pct")
+    parser.add_argument("--num-labelled", type=int, default=None,
+                        help="Number of labelled cases (first N of the pool with a split file, else random)")
+    parser.add_argument("--num-test", type=int, default=None,
+                        help=f"Test cases of a random split (default: {default_test_fraction:.0%} of the cases)")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of a random split. Default: 0")
+    parser.add_argument("--max-unlabelled", type=int, default=None, help="Keep only the first K unlabelled cases")
+    parser.add_argument("--max-test", type=int, default=None, help="Keep only the first K test cases")
+    parser.add_argument("--overwrite", action="store_true", help="Replace an existing dataset with this id")
+
+
+def split_from_arguments(args, case_ids: List[str], default_test_fraction: float = 0.2) -> Split:
+    if args.split_file:
+        split = split_from_file(args.split_file, args.labelled_set, args.num_labelled)
+    else:
+        if args.num_labelled is None:
+            raise ConversionError("Give --split-file (with --labelled-set or --num-labelled) or --num-labelled N.")
+        num_test = round(default_test_fraction * len(case_ids)) if args.num_test is None else args.num_test
+        split = random_split(case_ids, args.num_labelled, num_test, args.seed)
+    return {"labelled": split["labelled"], "unlabelled": split["unlabelled"][:args.max_unlabelled],
+            "test": split["test"][:args.max_test]}
+
+
+def write_ssl_dataset(dataset_id: int, name: str, split: Split, write_case: Callable[[str, str, Optional[str]], None],
+                      channel_names: Dict[int, str], labels: Dict[str, int], file_ending: str,
+                      overwrite: bool = False, **dataset_json_extra) -> str:
+    """Write the raw dataset under nnUNet_raw atomically; `write_case(case, image_folder, label_folder)`
+    writes one case (label_folder None: unlabelled). Returns the dataset folder."""
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+    from nnunetv2.paths import nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
+
+    if nnUNet_raw is None:
+        raise ConversionError("nnUNet_raw is not set: export nnUNet_raw=/path/to/nnUNet_raw (nnU-Net's variable).")
+    target_name = f"Dataset{dataset_id:03d}_{name}"
+    existing = list(find_candidate_datasets(dataset_id))
+    target = join(nnUNet_raw, target_name)
+    if existing and not overwrite:
+        raise ConversionError(f"Dataset id {dataset_id} is taken ({', '.join(existing)}). Choose another id "
+                              f"or pass --overwrite to replace {target}.")
+    tmp = join(nnUNet_raw, f".tmp-{target_name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    folders = {k: join(tmp, k) for k in ("imagesTr", "labelsTr", "imagesUnlabeled", "imagesTs", "labelsTs")}
+    for f in folders.values():
+        maybe_mkdir_p(f)
+    try:
+        jobs = [(c, "imagesTr", "labelsTr") for c in split["labelled"]] + \
+               [(c, "imagesUnlabeled", None) for c in split["unlabelled"]] + \
+               [(c, "imagesTs", "labelsTs") for c in split["test"]]
+        for case, image_folder, label_folder in tqdm(jobs, desc=f"Converting to {target_name}"):
+            write_case(case, folders[image_folder], folders[label_folder] if label_folder else None)
+        generate_dataset_json(tmp, channel_names=channel_names, labels=labels,
+                              num_training_cases=len(split["labelled"]), file_ending=file_ending,
+                              dataset_name=target_name, converted_by="nnunet-qg",
+                              numUnlabeled=len(split["unlabelled"]), numTest=len(split["test"]),
+                              **{k: v for k, v in dataset_json_extra.items() if v is not None})
+        atomic_write_json(split, join(tmp, SPLIT_RECORD_FILE))
+        for stale in existing:
+            if isdir(join(nnUNet_raw, stale)):
+                shutil.rmtree(join(nnUNet_raw, stale))
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"Wrote {target}: {len(split['labelled'])} labelled, {len(split['unlabelled'])} unlabelled, "
+          f"{len(split['test'])} test cases.")
+    return target
