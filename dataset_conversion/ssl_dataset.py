@@ -69,6 +69,22 @@ def random_split(case_ids: List[str], num_labelled: int, num_test: int, seed: in
             "unlabelled": sorted(order[num_test + num_labelled:])}
 
 
+def write_split_file(case_ids: List[str], num_test: int, labelled_sets: Dict[str, int], seed: int, path: str) -> dict:
+    """A fixed split in the `ssl_splits.json` format: `num_test` test cases and the rest as the pool,
+    both in a seeded random order; labelled set NAME = the first k cases of the pool."""
+    order = [sorted(case_ids)[i] for i in np.random.RandomState(seed).permutation(len(case_ids))]
+    pool = order[num_test:]
+    too_big = {k: n for k, n in labelled_sets.items() if n > len(pool)}
+    if too_big:
+        raise ConversionError(f"Labelled sets {too_big} are larger than the pool ({len(pool)} cases).")
+    split = {"description": f"seed {seed}: {num_test} test cases, the pool in a fixed random order; the labelled "
+                            f"set for k labels is the first k cases of the pool",
+             "seed": seed, "test": sorted(order[:num_test]), "pool": pool,
+             "labelled_sets": {k: pool[:n] for k, n in labelled_sets.items()}}
+    atomic_write_json(split, path)
+    return split
+
+
 def check_split(split: Split, known_ids, where: str) -> None:
     """Every id known, the three sets disjoint, at least one labelled case."""
     unknown = sorted(set(sum(split.values(), [])) - set(known_ids))

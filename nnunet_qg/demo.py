@@ -64,7 +64,7 @@ def run_demo(output: str, data: Optional[str], dataset_id: int, num_labelled: in
     if max_unlabelled is not None:
         split_args += ["--max-unlabelled", str(max_unlabelled)]
     _stage(2, "Converting to an nnU-Net raw dataset with imagesUnlabeled/")
-    _run(pipeline.convert_msd, data, dataset_id, split_args, env, join(logs, "convert.log"))
+    _run(pipeline.convert, "nnUNetv2_convert_MSD_ssl", data, dataset_id, split_args, env, join(logs, "convert.log"))
     _stage(3, "Planning and preprocessing (stock nnUNetv2_plan_and_preprocess, then nnUNetv2_preprocess_unlabeled)")
     _run(pipeline.plan_and_preprocess, dataset_id, env, logs, num_processes=n_proc)
     _stage(4, f"Training {trainer} on the CPU (nnUNetv2_train)")

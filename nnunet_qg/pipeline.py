@@ -57,9 +57,10 @@ def raw_dataset_folder(env: Dict[str, str], dataset_id: int) -> str:
     return join(env["nnUNet_raw"], matches[0])
 
 
-def convert_msd(source: str, dataset_id: int, split_args: List[str], env: Dict[str, str], log_file: str) -> float:
-    """nnUNetv2_convert_MSD_ssl (labelled / unlabelled / test split)."""
-    return run_logged(["nnUNetv2_convert_MSD_ssl", "-i", source, "-d", str(dataset_id)] + split_args, env, log_file)
+def convert(command: str, source: str, dataset_id: int, split_args: List[str], env: Dict[str, str],
+            log_file: str) -> float:
+    """One of the converters (e.g. nnUNetv2_convert_MSD_ssl) with its split arguments."""
+    return run_logged([command, "-i", source, "-d", str(dataset_id)] + split_args, env, log_file)
 
 
 def plan_and_preprocess(dataset_id: int, env: Dict[str, str], log_dir: str, configuration: str = "3d_fullres",

@@ -2,7 +2,9 @@
 import json
 import math
 
-from conftest import nnunet_env, run_cli
+import pytest
+
+from conftest import SHARED_DATA, nnunet_env, run_cli
 
 from nnunet_qg.benchmark.report import markdown_table, summarise
 
@@ -36,6 +38,20 @@ def test_benchmark_pipeline_two_arms(tmp_path):
     assert "| tiny | qg_ssl | 1 |" in table and "cpu" in table.lower()
     assert (out / "ssl_benchmark.png").stat().st_size > 0
     assert proc.stdout.rstrip().endswith(table.rstrip().splitlines()[-1])  # the table is printed last
+
+
+def test_benchmark_ph2_2d_profile_writes_its_split(tmp_path):
+    if not (SHARED_DATA / "ph2" / "images").is_dir():
+        pytest.skip(f"real PH2 data not found at {SHARED_DATA / 'ph2'} (only on development and CI machines)")
+    env = nnunet_env(tmp_path / "unused")
+    out = tmp_path / "bench"
+    run_cli(["nnUNetv2_qg_benchmark", "-i", str(SHARED_DATA / "ph2"), "--profile", "ph2-tiny", "-o", str(out),
+             "-d", "725"], env, timeout=1800)
+    split = json.loads((out / "ph2_splits.json").read_text())
+    assert (len(split["test"]), len(split["pool"]), len(split["labelled_sets"]["20labelled"])) == (50, 150, 20)
+    result = json.loads((out / "ssl_benchmark.json").read_text())
+    assert result["configuration"] == "2d" and all("error" not in r for r in result["runs"])
+    assert {r["trainer"] for r in result["runs"]} == {"nnUNetTrainer_benchTiny", "nnUNetTrainerQGSSL_benchTiny"}
 
 
 def test_benchmark_needs_a_split_file(tmp_path):

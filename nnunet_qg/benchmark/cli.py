@@ -16,15 +16,22 @@ import sys
 import time
 from datetime import date
 from os.path import abspath, isfile, join
-from typing import Dict, List
+from typing import List
 
 import torch
 
 from nnunet_qg import pipeline
 from nnunet_qg.atomic import atomic_write_json, atomic_write_text
-from nnunet_qg.benchmark.profiles import ARMS, PROFILES, UPPER_BOUND, Profile
+from nnunet_qg.benchmark.profiles import ARMS, GENERATED_SPLITS, PROFILES, UPPER_BOUND, Profile
 from nnunet_qg.benchmark.report import markdown_table, plot_bars, summarise
 from nnunet_qg.benchmark.runner import Job, dataset_ids, prepare_datasets, run_jobs
+from nnunet_qg.dataset_conversion.ssl_dataset import write_split_file
+
+
+def source_case_ids(source_format: str, folder: str) -> List[str]:
+    from nnunet_qg.dataset_conversion.convert_2d_ssl import ph2_pairs
+
+    return sorted({"ph2": ph2_pairs}[source_format](folder))
 
 
 def describe_device(profile: Profile) -> str:
@@ -38,7 +45,7 @@ def write_results(rows: List[dict], out: str, meta: dict) -> str:
     table = markdown_table(lines)
     atomic_write_json({**meta, "summary": lines, "runs": rows}, join(out, "ssl_benchmark.json"))
     header = (f"Profile `{meta['profile']}` ({meta['budget']} budget), {meta['device']}, {meta['date']}; "
-              f"test Dice on {meta['test_cases']} held-out cases, last checkpoint, fold 0; "
+              f"{meta['configuration']}, test Dice on {meta['test_cases']} held-out cases, last checkpoint, fold 0; "
               f"spread = sample std over runs.\n\n")
     atomic_write_text(header + table + "\n", join(out, "ssl_benchmark.md"))
     if lines:
@@ -57,6 +64,7 @@ def entry_point() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="runs per arm (nnU-Net training is not seeded)")
     parser.add_argument("--concurrency", type=int, default=None, help="arms trained at once")
     parser.add_argument("--n-proc-da", type=int, default=None, help="nnUNet_n_proc_DA per training")
+    parser.add_argument("--split-file", default=None, help="default: <-i>/ssl_splits.json (2D profiles: written)")
     parser.add_argument("--reader", default=None, help="image reader for dataset.json (e.g. NibabelIO)")
     parser.add_argument("-d", "--base-id", type=int, default=700, help="first nnU-Net dataset id to use")
     args = parser.parse_args()
@@ -67,11 +75,17 @@ def entry_point() -> None:
                                    ("repeats", args.repeats), ("concurrency", args.concurrency),
                                    ("n_proc_DA", args.n_proc_da)) if v is not None}
     profile = Profile(**{**profile.__dict__, **overrides})
-    split_file = join(abspath(args.i), "ssl_splits.json")
+    out = abspath(args.o)
+    split_file = args.split_file or join(abspath(args.i), "ssl_splits.json")
+    if not isfile(split_file) and profile.source_format in GENERATED_SPLITS:
+        split_file = join(out, f"{profile.source_format}_splits.json")
+        os.makedirs(out, exist_ok=True)
+        write_split_file(source_case_ids(profile.source_format, args.i), path=split_file,
+                         **GENERATED_SPLITS[profile.source_format])
+        print(f"Wrote the fixed split {split_file}", flush=True)
     if not isfile(split_file):
         raise SystemExit(f"ERROR: {split_file} not found. The benchmark needs a fixed split: a JSON file with "
                          f"'test', 'pool' and 'labelled_sets' (see ../shared/data/hippocampus/ssl_splits.json).")
-    out = abspath(args.o)
     work = join(out, "work")
     env = pipeline.nnunet_env(work, nnUNet_n_proc_DA=str(profile.n_proc_DA), nnUNet_compile="f",
                               nnUNet_def_n_proc=str(profile.preprocess_processes), PYTHONUNBUFFERED="1")
@@ -89,7 +103,7 @@ def entry_point() -> None:
     meta = {"date": date.today().isoformat(), "profile": profile.name, "budget": profile.budget,
             "device": describe_device(profile), "dataset": os.path.basename(abspath(args.i)),
             "fractions": list(profile.fractions), "arms": list(profile.arms), "repeats": profile.repeats,
-            "concurrency": profile.concurrency, "nnUNet_n_proc_DA": profile.n_proc_DA, "tta": profile.tta,
+            "configuration": profile.configuration, "concurrency": profile.concurrency, "nnUNet_n_proc_DA": profile.n_proc_DA, "tta": profile.tta,
             "test_cases": test_cases, "preparation_s": prep_s}
     print(f"[2/3] Training, predicting and evaluating {len(jobs)} run(s), {profile.concurrency} at a time "
           f"({profile.budget} budget, {profile.device})", flush=True)

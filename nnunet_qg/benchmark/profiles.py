@@ -15,6 +15,8 @@ ARMS: Dict[str, str] = {
     "full_supervision": "nnUNetTrainer",
 }
 LOWER_BOUND, UPPER_BOUND = "supervised", "full_supervision"
+# 2D sources have no split file of their own: the benchmark writes one (seeded) with these sizes
+GENERATED_SPLITS = {"ph2": {"num_test": 50, "labelled_sets": {"20labelled": 20}, "seed": 0}}
 SUPERVISED_ARMS = (LOWER_BOUND, UPPER_BOUND)
 
 
@@ -30,6 +32,8 @@ class Profile:
     preprocess_processes: int
     tta: bool
     fractions: Tuple[str, ...] = ("10pct",)
+    configuration: str = "3d_fullres"
+    source_format: str = "msd"  # see runner.CONVERTERS
     repeats: int = 1
     arms: Tuple[str, ...] = tuple(a for a in ARMS if a != "qg_ssl_refresh")  # the paper's arms; add it with --arms
     max_unlabelled: int = None  # subsets, for the pipeline test only
@@ -46,7 +50,15 @@ PROFILES: Dict[str, Profile] = {
     # a 2-core CPU in under an hour: one arm at a time, 10 x 10 iterations, batch 2, no test-time mirroring
     "cpu-small": Profile("cpu-small", "cpuSmall", "cpu", concurrency=1, n_proc_DA=0, preprocess_processes=2,
                          tta=False),
+    # PH2 (2D dermoscopy, RGB): 20 labelled, 130 unlabelled, 50 test, the 2d configuration
+    "ph2-gpu": Profile("ph2-gpu", "40epochs", "cuda", concurrency=8, n_proc_DA=2, preprocess_processes=12, tta=True,
+                       fractions=("20labelled",), configuration="2d", source_format="ph2"),
+    "ph2-cpu-small": Profile("ph2-cpu-small", "cpuSmall", "cpu", concurrency=1, n_proc_DA=0, preprocess_processes=2,
+                             tta=False, fractions=("20labelled",), configuration="2d", source_format="ph2"),
     # the pipeline test: two arms, a handful of iterations, a few cases
     "tiny": Profile("tiny", "benchTiny", "cpu", concurrency=1, n_proc_DA=0, preprocess_processes=2, tta=False,
                     arms=("supervised", "qg_ssl"), max_unlabelled=4, max_test=2),
+    "ph2-tiny": Profile("ph2-tiny", "benchTiny", "cpu", concurrency=1, n_proc_DA=0, preprocess_processes=2, tta=False,
+                        fractions=("20labelled",), configuration="2d", source_format="ph2",
+                        arms=("supervised", "qg_ssl"), max_unlabelled=4, max_test=2),
 }

@@ -14,7 +14,8 @@ import torch
 from nnunet_qg import pipeline
 from nnunet_qg.benchmark.profiles import UPPER_BOUND, Profile
 
-CONFIGURATION, FOLD = "3d_fullres", "0"
+FOLD = "0"
+CONVERTERS = {"msd": "nnUNetv2_convert_MSD_ssl", "ph2": "nnUNetv2_convert_PH2_ssl"}
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,9 @@ def prepare_datasets(source: str, split_file: str, ids: Dict[str, int], profile:
                 split += [option, str(value)]
         started = time.time()
         print(f"  dataset {dataset_id} ({key}): convert, plan, preprocess", flush=True)
-        pipeline.convert_msd(source, dataset_id, split + ["--overwrite"], env, join(log_dir, f"convert_{dataset_id}.log"))
-        pipeline.plan_and_preprocess(dataset_id, env, log_dir, CONFIGURATION, profile.preprocess_processes,
+        pipeline.convert(CONVERTERS[profile.source_format], source, dataset_id, split + ["--overwrite"], env,
+                         join(log_dir, f"convert_{dataset_id}.log"))
+        pipeline.plan_and_preprocess(dataset_id, env, log_dir, profile.configuration, profile.preprocess_processes,
                                      unlabelled=key != UPPER_BOUND)
         seconds[key] = time.time() - started
     return seconds
@@ -83,14 +85,14 @@ def run_job(job: Job, profile: Profile, env: Dict[str, str], work: str) -> dict:
     tag = f"{job.fraction}_r{job.repeat}_{job.arm}"
     logs = join(work, "logs")
     raw = pipeline.raw_dataset_folder(env, job.dataset_id)
-    fold = pipeline.model_folder(env, job.dataset_id, trainer, CONFIGURATION, FOLD)
+    fold = pipeline.model_folder(env, job.dataset_id, trainer, profile.configuration, FOLD)
     predictions = join(work, "predictions", tag)
     shutil.rmtree(predictions, ignore_errors=True)
     row = {"arm": job.arm, "trainer": trainer, "fraction": job.fraction, "repeat": job.repeat,
            "dataset_id": job.dataset_id, "model_folder": fold}
-    row["train_wall_s"] = pipeline.train(job.dataset_id, CONFIGURATION, FOLD, trainer, env,
+    row["train_wall_s"] = pipeline.train(job.dataset_id, profile.configuration, FOLD, trainer, env,
                                          join(logs, f"train_{tag}.log"), device=profile.device)
-    row["predict_wall_s"] = pipeline.predict(job.dataset_id, CONFIGURATION, FOLD, trainer, join(raw, "imagesTs"),
+    row["predict_wall_s"] = pipeline.predict(job.dataset_id, profile.configuration, FOLD, trainer, join(raw, "imagesTs"),
                                              predictions, env, join(logs, f"predict_{tag}.log"), device=profile.device,
                                              tta=profile.tta, num_processes=max(1, profile.n_proc_DA))
     summary = pipeline.evaluate(join(raw, "labelsTs"), predictions, env, join(logs, f"evaluate_{tag}.log"),
