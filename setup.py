@@ -64,6 +64,7 @@ setup(
             "nnUNetv2_convert_Kvasir_ssl=nnunet_qg.dataset_conversion.convert_2d_ssl:kvasir_entry_point",
             "nnUNetv2_convert_CVC_ssl=nnunet_qg.dataset_conversion.convert_2d_ssl:cvc_entry_point",
             "nnUNetv2_convert_LA_ssl=nnunet_qg.dataset_conversion.convert_la_ssl:entry_point",
+            "nnUNetv2_convert_ACDC_ssl=nnunet_qg.dataset_conversion.convert_acdc_ssl:entry_point",
             "nnUNetv2_qg_make_phantom=nnunet_qg.phantom:entry_point",
             "nnUNetv2_qg_demo=nnunet_qg.demo:entry_point",
             "nnUNetv2_qg_export_teacher=nnunet_qg.export_teacher:entry_point",

@@ -14,21 +14,15 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from nnunet_qg.dataset_conversion.ssl_dataset import (ConversionError, check_split, check_unique,
-                                                      split_from_file, write_ssl_dataset)
+from nnunet_qg.dataset_conversion.ssl_dataset import (ConversionError, check_split, read_id_list, split_from_file,
+                                                      write_ssl_dataset)
 
 CASES_FOLDER = "2018LA_Seg_Training Set"
 DEFAULT_SPACING = (0.625, 0.625, 0.625)
 
 
 def read_list(path: str) -> List[str]:
-    if not isfile(path):
-        raise ConversionError(f"{path} is missing. The LA h5 release has train.list and test.list beside "
-                              f"'{CASES_FOLDER}/'.")
-    with open(path) as f:
-        ids = [line.strip() for line in f if line.strip()]
-    check_unique(ids, path)
-    return ids
+    return read_id_list(path, f"The LA h5 release has train.list and test.list beside '{CASES_FOLDER}/'.")
 
 
 def la_cases(folder: str) -> Dict[str, List[str]]:

@@ -98,6 +98,16 @@ def check_split(split: Split, known_ids, where: str) -> None:
         raise ConversionError("The split has no labelled case.")
 
 
+def read_id_list(path: str, expected: str) -> List[str]:
+    """Non-empty stripped lines of a list file (e.g. train.list), each id once."""
+    if not os.path.isfile(path):
+        raise ConversionError(f"{path} is missing. {expected}")
+    with open(path) as f:
+        ids = [line.strip() for line in f if line.strip()]
+    check_unique(ids, path)
+    return ids
+
+
 def check_unique(case_ids: List[str], where: str) -> None:
     seen, duplicates = set(), set()
     for c in case_ids:

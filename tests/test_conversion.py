@@ -183,3 +183,39 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path, problem):
     for text in expected:
         assert text in proc.stderr, proc.stderr
     assert not list(Path(env["nnUNet_raw"]).iterdir())  # no dataset and no temporary folder left behind
+
+
+def test_acdc_ssl4mis_h5(tmp_path):
+    env = nnunet_env(tmp_path)
+    root = tmp_path / "ACDC"
+    (root / "data" / "slices").mkdir(parents=True)
+    rng = np.random.default_rng(4)
+    volumes = {}
+    train = [f"patient{p:03d}_frame{f:02d}" for p in range(1, 5) for f in (1, 12)]
+    lines = []
+    for volume in train:
+        label = rng.integers(0, 4, (12, 16, 16)).astype(np.uint8)  # 12 slices: Z must sort numerically
+        volumes[volume] = label
+        for z in range(12):
+            with h5py.File(root / "data" / "slices" / f"{volume}_slice_{z}.h5", "w") as f:
+                f["image"] = rng.normal(size=(16, 16)).astype(np.float32)
+                f["label"] = label[z]
+            lines.append(f"{volume}_slice_{z}")
+    test = ["patient090_frame01", "patient090_frame11"]
+    for volume in test:
+        with h5py.File(root / "data" / f"{volume}.h5", "w") as f:
+            f["image"] = rng.normal(size=(5, 16, 14)).astype(np.float32)
+            f["label"] = rng.integers(0, 4, (5, 16, 14)).astype(np.uint8)
+    (root / "train_slices.list").write_text("\n".join(lines))
+    (root / "train.list").write_text("\n".join(train))
+    (root / "val.list").write_text("")
+    (root / "test.list").write_text("\n".join(test))
+    run_cli(["nnUNetv2_convert_ACDC_ssl", "-i", str(root), "-d", "836", "--labelled-lines", "24"], env)
+    raw = _raw(env, "Dataset836_ACDC")
+    split, dataset_json = _check_layout(raw, 2, 6, 2, ".nii.gz")
+    assert split["labelled"] == ["patient001_frame01", "patient001_frame12"]  # the patient of the first 24 lines
+    assert dataset_json["labels"] == {"background": 0, "RV": 1, "myocardium": 2, "LV": 3}
+    rebuilt = sitk.ReadImage(str(raw / "labelsTr" / "patient001_frame12.nii.gz"))
+    assert np.array_equal(sitk.GetArrayFromImage(rebuilt), volumes["patient001_frame12"])
+    assert rebuilt.GetSpacing() == (1.5, 1.5, 5.0)
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "imagesTs" / "patient090_frame01_0000.nii.gz"))).shape == (5, 16, 14)
