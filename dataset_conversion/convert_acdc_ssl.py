@@ -13,18 +13,25 @@ training volumes of those patients are labelled, the other training volumes unla
 test.list volumes are the test set (val.list is not used: nnU-Net validates on its own fold).
 h5 carries no spacing: `--spacing z y x` (default 5 1.5 1.5 mm, ACDC's typical slice thickness and
 in-plane resolution).
+
+The original release is accepted too: per-patient folders `patientXXX/` with
+`patientXXX_frameYY.nii.gz` and `patientXXX_frameYY_gt.nii.gz` (in -i, or in -i/training and
+-i/testing). Patients are split, never frames: `--num-labelled-patients N` (seeded, `--seed`),
+testing/ as the test set where present, else `--num-test-patients M`. NIfTI files are copied with
+their own spacing.
 """
 import argparse
 import os
 import re
+import shutil
 from collections import defaultdict
 from os.path import isdir, isfile, join
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from nnunet_qg.dataset_conversion.ssl_dataset import (ConversionError, check_split, read_id_list, split_from_file,
-                                                      write_ssl_dataset)
+from nnunet_qg.dataset_conversion.ssl_dataset import (ConversionError, check_split, random_split, read_id_list,
+                                                      split_from_file, write_ssl_dataset)
 
 SSL4MIS_LABELLED_LINES = {3: 68, 7: 136}  # patients -> lines of train_slices.list
 DEFAULT_SPACING = (5.0, 1.5, 1.5)  # z, y, x
@@ -95,6 +102,50 @@ class ACDCSource:
         return image, label.astype(np.uint8)
 
 
+def original_release_frames(folder: str) -> Dict[str, Dict[str, str]]:
+    """'training' / 'testing' -> {case: patient folder} of the original release (frames with a _gt file)."""
+    groups = {g: join(folder, g) for g in ("training", "testing") if isdir(join(folder, g))} or {"training": folder}
+    out: Dict[str, Dict[str, str]] = {}
+    for group, root in groups.items():
+        out[group] = {}
+        for patient in sorted(d for d in os.listdir(root) if re.fullmatch(r"patient\d+", d)):
+            for f in sorted(os.listdir(join(root, patient))):
+                match = re.fullmatch(r"(patient\d+_frame\d+)_gt\.nii\.gz", f)
+                if match and isfile(join(root, patient, match[1] + ".nii.gz")):
+                    out[group][match[1]] = join(root, patient)
+    if not any(out.values()):
+        raise ConversionError(f"{folder} does not look like ACDC: expected the SSL4MIS form (train_slices.list and "
+                              f"data/) or the original release (patientXXX/patientXXX_frameYY[_gt].nii.gz).")
+    return out
+
+
+def original_release_split(frames: Dict[str, Dict[str, str]], num_labelled: int, num_test: int, seed: int):
+    """Split patients (all frames of a patient go together)."""
+    patients = lambda cases: sorted({c.split("_")[0] for c in cases})  # noqa: E731
+    train_patients = patients(frames["training"])
+    if frames.get("testing"):
+        split = random_split(train_patients, num_labelled, 0, seed)
+        split["test"] = patients(frames["testing"])
+    else:
+        split = random_split(train_patients, num_labelled, num_test, seed)
+    cases = {**frames["training"], **frames.get("testing", {})}
+    return {k: sorted(c for c in cases if c.split("_")[0] in set(v)) for k, v in split.items()}
+
+
+def convert_acdc_original(frames: Dict[str, Dict[str, str]], dataset_id: int, split, name: str = "ACDC",
+                          overwrite: bool = False) -> str:
+    cases = {**frames["training"], **frames.get("testing", {})}
+    check_split(split, cases, "the ACDC folders")
+
+    def write_case(case: str, image_folder: str, label_folder: Optional[str]) -> None:
+        shutil.copy(join(cases[case], case + ".nii.gz"), join(image_folder, f"{case}_0000.nii.gz"))
+        if label_folder is not None:
+            shutil.copy(join(cases[case], case + "_gt.nii.gz"), join(label_folder, f"{case}.nii.gz"))
+
+    return write_ssl_dataset(dataset_id, name, split, write_case, channel_names={0: "cineMRI"}, labels=LABELS,
+                             file_ending=".nii.gz", overwrite=overwrite, reference="ACDC (Bernard et al. 2018)")
+
+
 def write_nifti_zyx(array: np.ndarray, spacing_zyx, path: str) -> None:
     import SimpleITK as sitk
 
@@ -128,13 +179,28 @@ def entry_point() -> None:
                         help="SSL4MIS labelled sets: 3 or 7 patients (first 68 / 136 lines of train_slices.list)")
     parser.add_argument("--labelled-lines", type=int, default=None, help="or any number of train_slices.list lines")
     parser.add_argument("--split-file", default=None, help="a converter's ssl_split.json instead")
+    parser.add_argument("--num-labelled-patients", type=int, default=None, help="original release: labelled patients")
+    parser.add_argument("--num-test-patients", type=int, default=0, help="original release without testing/")
+    parser.add_argument("--seed", type=int, default=0, help="original release: seed of the patient split")
     parser.add_argument("--spacing", type=float, nargs=3, default=list(DEFAULT_SPACING),
                         help="z y x spacing in mm (h5 has none). Default: 5 1.5 1.5")
     parser.add_argument("--name", default="ACDC")
     parser.add_argument("--overwrite", action="store_true", help="Replace an existing dataset with this id")
     args = parser.parse_args()
     try:
-        source = ACDCSource(os.path.abspath(args.i))
+        folder = os.path.abspath(args.i)
+        if not isfile(join(folder, "train_slices.list")):  # the original release
+            frames = original_release_frames(folder)
+            if args.split_file:
+                split = split_from_file(args.split_file)
+            elif args.num_labelled_patients is None:
+                raise ConversionError("Original ACDC release: give --num-labelled-patients N (and "
+                                      "--num-test-patients M without a testing/ folder) or --split-file.")
+            else:
+                split = original_release_split(frames, args.num_labelled_patients, args.num_test_patients, args.seed)
+            convert_acdc_original(frames, args.d, split, args.name, args.overwrite)
+            return
+        source = ACDCSource(folder)
         if args.split_file:
             split = split_from_file(args.split_file)
         else:

@@ -219,3 +219,26 @@ def test_acdc_ssl4mis_h5(tmp_path):
     assert np.array_equal(sitk.GetArrayFromImage(rebuilt), volumes["patient001_frame12"])
     assert rebuilt.GetSpacing() == (1.5, 1.5, 5.0)
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "imagesTs" / "patient090_frame01_0000.nii.gz"))).shape == (5, 16, 14)
+
+
+def test_acdc_original_release_splits_patients(tmp_path):
+    env = nnunet_env(tmp_path)
+    rng = np.random.default_rng(5)
+    for group, patients in (("training", range(1, 6)), ("testing", range(101, 103))):
+        for p in patients:
+            folder = tmp_path / "acdc" / group / f"patient{p:03d}"
+            folder.mkdir(parents=True)
+            for frame in (1, 12):
+                image = sitk.GetImageFromArray(rng.normal(size=(6, 12, 12)).astype(np.float32))
+                image.SetSpacing((1.4, 1.4, 10.0))
+                sitk.WriteImage(image, str(folder / f"patient{p:03d}_frame{frame:02d}.nii.gz"))
+                sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 4, (6, 12, 12)).astype(np.uint8)),
+                                str(folder / f"patient{p:03d}_frame{frame:02d}_gt.nii.gz"))
+    run_cli(["nnUNetv2_convert_ACDC_ssl", "-i", str(tmp_path / "acdc"), "-d", "837", "--num-labelled-patients", "2"],
+            env)
+    raw = _raw(env, "Dataset837_ACDC")
+    split, _ = _check_layout(raw, 4, 6, 4, ".nii.gz")
+    patients = {k: {c.split("_")[0] for c in v} for k, v in split.items()}
+    assert len(patients["labelled"]) == 2 and patients["test"] == {"patient101", "patient102"}
+    assert not patients["labelled"] & patients["unlabelled"]  # both frames of a patient stay together
+    assert np.allclose(sitk.ReadImage(str(raw / "imagesTs" / "patient101_frame01_0000.nii.gz")).GetSpacing(), (1.4, 1.4, 10))
