@@ -29,7 +29,11 @@ def test_trainer_end_to_end(phantom_env, tmp_path, trainer):
     assert torch.equal(final["ssl_state"]["teacher"]["num_updates"], first["ssl_state"]["teacher"]["num_updates"])
     log = final["logging"]
     unlabeled = log["ssl_loss_unlabeled"]
-    assert np.isfinite(unlabeled).all() and unlabeled[-1] > 0  # the unlabelled path ran for real
+    assert np.isfinite(unlabeled).all()
+    # the unlabelled path ran for real; with PL-QW alone it is exactly 0 when g (3 warm-up steps here)
+    # rejects every pseudo-label, which the logged fraction kept then shows
+    all_rejected = trainer == "nnUNetTrainerQGSSL_PLQW_debug" and log["ssl_pseudo_label_kept"][-1] == 0.0
+    assert unlabeled[-1] > 0 or all_rejected
     if trainer.startswith(("nnUNetTrainerQGSSL", "nnUNetTrainerMTQW")):
         assert final["ssl_state"]["quality"]["frozen"] is True
         assert log["ssl_unlabeled_weight"][0] == 0.0  # warm-up epoch
