@@ -30,9 +30,10 @@ def test_trainer_end_to_end(phantom_env, tmp_path, trainer):
     log = final["logging"]
     unlabeled = log["ssl_loss_unlabeled"]
     assert np.isfinite(unlabeled).all()
-    # the unlabelled path ran for real; with PL-QW alone it is exactly 0 when g (3 warm-up steps here)
-    # rejects every pseudo-label, which the logged fraction kept then shows
-    all_rejected = trainer == "nnUNetTrainerQGSSL_PLQW_debug" and log["ssl_pseudo_label_kept"][-1] == 0.0
+    # the unlabelled path ran for real; with quality weights alone (PL-QW, MT-QW) it is exactly 0 when g
+    # (3 warm-up steps here) rejects every patch, which the logged fraction kept then shows
+    all_rejected = trainer in ("nnUNetTrainerQGSSL_PLQW_debug", "nnUNetTrainerMTQW_debug") \
+        and log["ssl_pseudo_label_kept"][-1] == 0.0
     assert unlabeled[-1] > 0 or all_rejected
     if trainer.startswith(("nnUNetTrainerQGSSL", "nnUNetTrainerMTQW")):
         assert final["ssl_state"]["quality"]["frozen"] is True
