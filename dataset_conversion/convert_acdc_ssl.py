@@ -32,21 +32,12 @@ import numpy as np
 
 from nnunet_qg.dataset_conversion.ssl_dataset import (ConversionError, check_split, random_split, read_id_list,
                                                       split_from_file, write_ssl_dataset)
+from nnunet_qg.dataset_conversion.volume_io import checked_label, read_h5_image_label, write_nifti_zyx
 
 SSL4MIS_LABELLED_LINES = {3: 68, 7: 136}  # patients -> lines of train_slices.list
 DEFAULT_SPACING = (5.0, 1.5, 1.5)  # z, y, x
 LABELS = {"background": 0, "RV": 1, "myocardium": 2, "LV": 3}
 SLICE_NAME = re.compile(r"^(?P<volume>patient\d+_frame\d+)_slice_(?P<z>\d+)$")
-
-
-def _h5_arrays(path: str):
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        for key in ("image", "label"):
-            if key not in f:
-                raise ConversionError(f"{path} has no '{key}' dataset (it has: {', '.join(f.keys())}).")
-        return np.asarray(f["image"], dtype=np.float32), np.asarray(f["label"])
 
 
 class ACDCSource:
@@ -86,20 +77,14 @@ class ACDCSource:
     def volume(self, case: str):
         """(image, label) Z x H x W: a test volume as stored, a training volume stacked from its slices."""
         if case in self.slices and case in self.train:
-            parts = [_h5_arrays(self.slices[case][z]) for z in sorted(self.slices[case])]
+            parts = [read_h5_image_label(self.slices[case][z]) for z in sorted(self.slices[case])]
             shapes = {p[0].shape for p in parts} | {p[1].shape for p in parts}
             if len(shapes) != 1:
                 raise ConversionError(f"Slices of {case} in {self.slices_folder} differ in size: {sorted(shapes)}.")
             image, label = np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts])
         else:
-            image, label = _h5_arrays(join(self.volumes_folder, case + ".h5"))
-        if image.shape != label.shape:
-            raise ConversionError(f"{case}: image {image.shape} and label {label.shape} differ in shape.")
-        outside = sorted(set(np.unique(label).tolist()) - set(LABELS.values()))
-        if outside:
-            raise ConversionError(f"{case}: labels {outside} outside the declared set 0-3 (background, RV, "
-                                  f"myocardium, LV).")
-        return image, label.astype(np.uint8)
+            image, label = read_h5_image_label(join(self.volumes_folder, case + ".h5"))
+        return image, checked_label(image, label, LABELS, case)
 
 
 def original_release_frames(folder: str) -> Dict[str, Dict[str, str]]:
@@ -144,14 +129,6 @@ def convert_acdc_original(frames: Dict[str, Dict[str, str]], dataset_id: int, sp
 
     return write_ssl_dataset(dataset_id, name, split, write_case, channel_names={0: "cineMRI"}, labels=LABELS,
                              file_ending=".nii.gz", overwrite=overwrite, reference="ACDC (Bernard et al. 2018)")
-
-
-def write_nifti_zyx(array: np.ndarray, spacing_zyx, path: str) -> None:
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(tuple(float(s) for s in reversed(spacing_zyx)))
-    sitk.WriteImage(image, path)
 
 
 def convert_acdc_ssl(folder: str, dataset_id: int, split: Dict[str, List[str]], spacing=DEFAULT_SPACING,

@@ -16,6 +16,7 @@ import numpy as np
 
 from nnunet_qg.dataset_conversion.ssl_dataset import (ConversionError, check_split, read_id_list, split_from_file,
                                                       write_ssl_dataset)
+from nnunet_qg.dataset_conversion.volume_io import checked_label, read_h5_image_label, write_nifti_zyx
 
 CASES_FOLDER = "2018LA_Seg_Training Set"
 DEFAULT_SPACING = (0.625, 0.625, 0.625)
@@ -39,29 +40,17 @@ def la_cases(folder: str) -> Dict[str, List[str]]:
     return lists
 
 
+LABELS = {"background": 0, "left_atrium": 1}
+
+
 def read_h5_case(path: str):
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        for key in ("image", "label"):
-            if key not in f:
-                raise ConversionError(f"{path} has no '{key}' dataset (it has: {', '.join(f.keys())}).")
-        image, label = np.asarray(f["image"], dtype=np.float32), np.asarray(f["label"])
-    if image.shape != label.shape:
-        raise ConversionError(f"{path}: image {image.shape} and label {label.shape} differ in shape.")
-    values = set(np.unique(label).tolist())
-    if not values <= {0, 1}:
-        raise ConversionError(f"{path}: labels {sorted(values)} outside the declared set {{0, 1}} (background, "
-                              f"left atrium).")
-    return image, label.astype(np.uint8)
+    """Image and label of one case, x-y-z as stored."""
+    image, label = read_h5_image_label(path)
+    return image, checked_label(image, label, LABELS, path)
 
 
-def write_nifti(array_xyz: np.ndarray, spacing: Sequence[float], path: str) -> None:
-    import SimpleITK as sitk
-
-    image = sitk.GetImageFromArray(np.transpose(array_xyz, (2, 1, 0)))  # SimpleITK arrays are z-y-x
-    image.SetSpacing(tuple(float(s) for s in spacing))
-    sitk.WriteImage(image, path)
+def write_nifti(array_xyz: np.ndarray, spacing_xyz: Sequence[float], path: str) -> None:
+    write_nifti_zyx(np.transpose(array_xyz, (2, 1, 0)), list(spacing_xyz)[::-1], path)
 
 
 def convert_la_ssl(folder: str, dataset_id: int, split: Dict[str, List[str]], spacing=DEFAULT_SPACING,
@@ -76,7 +65,7 @@ def convert_la_ssl(folder: str, dataset_id: int, split: Dict[str, List[str]], sp
             write_nifti(label, spacing, join(label_folder, f"{case}.nii.gz"))
 
     return write_ssl_dataset(dataset_id, name, split, write_case, channel_names={0: "MRI"},
-                             labels={"background": 0, "left_atrium": 1}, file_ending=".nii.gz",
+                             labels=LABELS, file_ending=".nii.gz",
                              overwrite=overwrite, reference="2018 Atrial Segmentation Challenge (h5 form of UA-MT)",
                              description=f"LA 2018, spacing {list(spacing)} mm given at conversion (h5 has none)")
 

@@ -59,12 +59,17 @@ def split_from_file(split_file: str, labelled_set: Optional[str] = None, num_lab
     return {"labelled": labelled, "unlabelled": [c for c in pool if c not in chosen], "test": list(split["test"])}
 
 
+def seeded_order(case_ids: List[str], seed: int) -> List[str]:
+    """The cases in a fixed random order (numpy's RandomState(seed) permutation)."""
+    return [case_ids[i] for i in np.random.RandomState(seed).permutation(len(case_ids))]
+
+
 def random_split(case_ids: List[str], num_labelled: int, num_test: int, seed: int) -> Split:
     """A seeded random split: `num_test` test cases, `num_labelled` labelled, the rest unlabelled."""
     if num_labelled + num_test > len(case_ids):
         raise ConversionError(f"Cannot take {num_labelled} labelled and {num_test} test cases from "
                               f"{len(case_ids)} cases.")
-    order = [case_ids[i] for i in np.random.RandomState(seed).permutation(len(case_ids))]
+    order = seeded_order(case_ids, seed)
     return {"test": sorted(order[:num_test]), "labelled": sorted(order[num_test:num_test + num_labelled]),
             "unlabelled": sorted(order[num_test + num_labelled:])}
 
@@ -72,7 +77,7 @@ def random_split(case_ids: List[str], num_labelled: int, num_test: int, seed: in
 def write_split_file(case_ids: List[str], num_test: int, labelled_sets: Dict[str, int], seed: int, path: str) -> dict:
     """A fixed split in the `ssl_splits.json` format: `num_test` test cases and the rest as the pool,
     both in a seeded random order; labelled set NAME = the first k cases of the pool."""
-    order = [sorted(case_ids)[i] for i in np.random.RandomState(seed).permutation(len(case_ids))]
+    order = seeded_order(sorted(case_ids), seed)
     pool = order[num_test:]
     too_big = {k: n for k, n in labelled_sets.items() if n > len(pool)}
     if too_big:

@@ -26,7 +26,7 @@ from nnunet_qg.quality.dice import dice_per_label
 from nnunet_qg.quality_control.report import (agreement_with_truth, format_table, plot_case, rows_worst_first,
                                               write_csv, write_json)
 from nnunet_qg.quality_control.scoring import (CaseScorer, QualityControlError, case_ids_and_images,
-                                               model_folder_of, segmentation_file_for, voxel_counts_and_volume)
+                                               label_volumes, model_folder_of, segmentation_file_for)
 
 
 def predict_segmentations(model_folder: str, folds, checkpoint: str, input_folder: str, output_folder: str,
@@ -62,12 +62,13 @@ def run_quality_control(args) -> List[dict]:
     for case, image_files in tqdm(cases.items(), desc="Scoring", disable=not sys.stdout.isatty()):
         seg_file = segmentation_file_for(case, segmentations, file_ending)
         scores[case] = scorer.score(image_files, seg_file)
-        volumes[case] = voxel_counts_and_volume(seg_file, labels, reader)
+        seg, properties = reader().read_seg(seg_file)
+        volumes[case] = label_volumes(seg, properties["spacing"], labels)
         if truth is not None:
             ref_file = join(args.reference, case + file_ending)
             if not os.path.isfile(ref_file):
                 raise QualityControlError(f"--reference has no {ref_file} for case {case}.")
-            truth[case] = dice_per_label(reader().read_seg(seg_file)[0], reader().read_seg(ref_file)[0], labels)
+            truth[case] = dice_per_label(seg, reader().read_seg(ref_file)[0], labels)
     rows = rows_worst_first(scores, volumes, labels, names, args.threshold, truth)
     meta = {"model_folder": model_folder, "folds": folds, "segmentations": os.path.abspath(segmentations),
             "threshold": args.threshold, "aggregation": "sliding window (step 0.5), label-volume-weighted mean"}

@@ -106,10 +106,9 @@ class CaseScorer:
         return np.where(total > 0, weighted, scores.mean(0)).astype(np.float32)
 
 
-def voxel_counts_and_volume(segmentation_file: str, labels: Sequence[int], reader_class) -> Dict[int, float]:
-    """Volume of each label in the segmentation (mm^3, or pixel area x spacing for 2D)."""
-    seg, properties = reader_class().read_seg(segmentation_file)
-    voxel = float(np.prod(properties["spacing"]))
+def label_volumes(seg: np.ndarray, spacing: Sequence[float], labels: Sequence[int]) -> Dict[int, float]:
+    """Volume of each label of a segmentation (mm^3, or pixel area x spacing for 2D)."""
+    voxel = float(np.prod(spacing))
     return {l: float((seg == l).sum()) * voxel for l in labels}
 
 

@@ -1,0 +1,37 @@
+"""Volume I/O shared by the h5-based converters (LA, ACDC): read image + label, check labels, write NIfTI."""
+from typing import Dict, Sequence
+
+import numpy as np
+
+from nnunet_qg.dataset_conversion.ssl_dataset import ConversionError
+
+
+def read_h5_image_label(path: str):
+    """`image` (float32) and `label` datasets of an h5 file; a clear error when one is missing."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        for key in ("image", "label"):
+            if key not in f:
+                raise ConversionError(f"{path} has no '{key}' dataset (it has: {', '.join(f.keys())}).")
+        return np.asarray(f["image"], dtype=np.float32), np.asarray(f["label"])
+
+
+def checked_label(image: np.ndarray, label: np.ndarray, labels: Dict[str, int], where: str) -> np.ndarray:
+    """The label map as uint8 after checking its shape against the image and its values against `labels`."""
+    if image.shape != label.shape:
+        raise ConversionError(f"{where}: image {image.shape} and label {label.shape} differ in shape.")
+    outside = sorted(set(np.unique(label).tolist()) - set(labels.values()))
+    if outside:
+        raise ConversionError(f"{where}: labels {outside} outside the declared set "
+                              f"{sorted(labels.values())} ({', '.join(labels)}).")
+    return label.astype(np.uint8)
+
+
+def write_nifti_zyx(array: np.ndarray, spacing_zyx: Sequence[float], path: str) -> None:
+    """Write a z-y-x array (SimpleITK's order) with its spacing given in the same order."""
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(tuple(float(s) for s in reversed(spacing_zyx)))
+    sitk.WriteImage(image, path)
