@@ -1,17 +1,19 @@
-"""Shared bits of the benchmark scripts: device description and result writing."""
+"""Shared bits of the benchmark scripts: data preparation, device description and result writing."""
+import argparse
 import json
 import os
-import platform
+import subprocess
 from datetime import date
+from os.path import abspath, dirname, join
 from typing import Dict, List
 
 import torch
 
+from nnunet_qg.benchmark.device import describe_device
+
 
 def device_description(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA), torch {torch.__version__}"
-    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return describe_device(device.type)
 
 
 def print_table(rows: List[Dict], columns: List[str]) -> str:
@@ -33,3 +35,46 @@ def write_json(result: Dict, path: str) -> None:
         json.dump(result, f, indent=2, default=float)
     os.replace(tmp, path)
     print(f"wrote {path}")
+
+
+def run(cmd: List[str], env: Dict[str, str]) -> None:
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, env=env, check=True)
+
+
+def prepare_hippocampus(data: str, work: str, max_unlabelled: int, device_type: str) -> Dict[str, str]:
+    """Convert the shared Hippocampus data with its 10 % split (20 labelled cases) as Dataset004 under
+    `work`, plan and preprocess it, preprocess the unlabelled cases; returns the nnU-Net environment
+    (on a CPU: in-process data augmentation, 2 processes, no compilation, unless set already)."""
+    work = abspath(work)
+    env = dict(os.environ)
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.makedirs(join(work, name), exist_ok=True)
+        env[name] = os.environ[name] = join(work, name)
+    if device_type == "cpu":
+        env.update({k: env.get(k, v) for k, v in (("nnUNet_n_proc_DA", "0"), ("nnUNet_def_n_proc", "2"),
+                                                  ("nnUNet_compile", "f"))})
+    run(["nnUNetv2_convert_MSD_ssl", "-i", data, "-d", "4", "--split-file", join(data, "ssl_splits.json"),
+         "--labelled-set", "10pct", "--max-unlabelled", str(max_unlabelled), "--overwrite"], env)
+    run(["nnUNetv2_plan_and_preprocess", "-d", "4", "-c", "3d_fullres", "-np", env.get("nnUNet_def_n_proc", "8")],
+        {**env, "nnUNet_n_proc_DA": str(max(1, int(env.get("nnUNet_n_proc_DA", "1"))))})
+    run(["nnUNetv2_preprocess_unlabeled", "-d", "4", "-c", "3d_fullres"], env)
+    return env
+
+
+def hippocampus_arguments(description: str, profiles: Dict[str, dict], work: str, out: str) -> argparse.Namespace:
+    """--profile (a key of `profiles`), --data (the shared Hippocampus data), --work and --out
+    (defaults benchmark_results/<work> and benchmark_results/<out>)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--profile", choices=profiles, default="cpu")
+    parser.add_argument("--data", default=join(dirname(dirname(abspath(__file__))), "..", "shared", "data", "hippocampus"))
+    parser.add_argument("--work", default=f"benchmark_results/{work}")
+    parser.add_argument("--out", default=f"benchmark_results/{out}")
+    return parser.parse_args()
+
+
+def train_fold0(trainer: str, device_type: str, work: str, env: Dict[str, str]) -> str:
+    """nnUNetv2_train Dataset004 3d_fullres fold 0 with `trainer`; returns the fold folder."""
+    run(["nnUNetv2_train", "4", "3d_fullres", "0", "-tr", trainer, "-device", device_type], env)
+    return join(abspath(work), "nnUNet_results", "Dataset004_Hippocampus", f"{trainer}__nnUNetPlans__3d_fullres",
+                "fold_0")

@@ -6,7 +6,7 @@
 # with the time left, and leaves its results under $OUT. BUDGET_S: wall-clock seconds for it all.
 set -uo pipefail
 BUDGET_S=${BUDGET_S:-570}
-ARMS=${ARMS:-"supervised qg_ssl qg_ssl_refresh"}  # 2026-11-26 ran "supervised mean_teacher qg_ssl"
+ARMS=${ARMS:-"supervised qg_ssl qg_ssl_frozen"}  # 2026-11-26 ran "supervised mean_teacher qg_ssl" (qg_ssl was the frozen g then)
 START=$(date +%s)
 left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
 

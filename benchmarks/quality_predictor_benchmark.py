@@ -8,10 +8,7 @@ and parameters of g and of the segmentation network on the plans' patch and batc
 warm-up with nnUNetv2_train (fold 0) and reports g's MAE / Pearson / Spearman per label on the
 fold's validation patches, for the network's REAL predictions and for corrupted masks.
 """
-import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from os.path import abspath, dirname, join
@@ -19,15 +16,11 @@ from os.path import abspath, dirname, join
 import torch
 
 sys.path.insert(0, dirname(abspath(__file__)))
-from common import device_description, print_table, write_json  # noqa: E402
+from common import (device_description, hippocampus_arguments, prepare_hippocampus, print_table,  # noqa: E402
+                    train_fold0, write_json)
 
 PROFILES = {"cpu": {"trainer": "nnUNetTrainerQGWarmup_cpuBench", "device": "cpu", "max_unlabelled": 8},
             "gpu": {"trainer": "nnUNetTrainerQGWarmup_gpuBench", "device": "cuda", "max_unlabelled": 16}}
-
-
-def run(cmd, env):
-    print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, env=env, check=True)
 
 
 def time_fwd_bwd(model, inputs, device, repeats: int = 5) -> float:
@@ -68,44 +61,26 @@ def measure_cost(preprocessed: str, device: torch.device, batch_size: int) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", choices=PROFILES, default="cpu")
-    parser.add_argument("--data", default=join(dirname(dirname(abspath(__file__))), "..", "shared", "data", "hippocampus"))
-    parser.add_argument("--work", default="benchmark_results/quality_work")
-    parser.add_argument("--out", default="benchmark_results/quality_predictor.json")
-    args = parser.parse_args()
+    args = hippocampus_arguments(__doc__.split("\n\n")[0], PROFILES, "quality_work", "quality_predictor.json")
     profile = PROFILES[args.profile]
-    work = abspath(args.work)
-    env = dict(os.environ)
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.makedirs(join(work, name), exist_ok=True)
-        env[name] = join(work, name)
-        os.environ[name] = env[name]
-    if profile["device"] == "cpu":
-        env.update({k: env.get(k, v) for k, v in (("nnUNet_n_proc_DA", "0"), ("nnUNet_def_n_proc", "2"),
-                                                  ("nnUNet_compile", "f"))})
     started = time.time()
-    run(["nnUNetv2_convert_MSD_ssl", "-i", args.data, "-d", "4", "--split-file", join(args.data, "ssl_splits.json"),
-         "--labelled-set", "10pct", "--max-unlabelled", str(profile["max_unlabelled"]), "--overwrite"], env)
-    run(["nnUNetv2_plan_and_preprocess", "-d", "4", "-c", "3d_fullres", "-np", env.get("nnUNet_def_n_proc", "8")],
-        {**env, "nnUNet_n_proc_DA": str(max(1, int(env.get("nnUNet_n_proc_DA", "1"))))})
-    run(["nnUNetv2_preprocess_unlabeled", "-d", "4", "-c", "3d_fullres"], env)
+    env = prepare_hippocampus(args.data, args.work, profile["max_unlabelled"], profile["device"])
+    work = abspath(args.work)
     preprocessed = join(work, "nnUNet_preprocessed", "Dataset004_Hippocampus")
     device = torch.device(profile["device"])
     batch = json.load(open(join(preprocessed, "nnUNetPlans.json")))["configurations"]["3d_fullres"]["batch_size"]
     cost = measure_cost(preprocessed, device, batch)
-    run(["nnUNetv2_train", "4", "3d_fullres", "0", "-tr", profile["trainer"], "-device", profile["device"]], env)
-    fold = join(work, "nnUNet_results", "Dataset004_Hippocampus", f"{profile['trainer']}__nnUNetPlans__3d_fullres", "fold_0")
+    fold = train_fold0(profile["trainer"], profile["device"], work, env)
     metrics = json.load(open(join(fold, "quality_warmup_metrics.json")))
-    rows = [{"masks": kind, "label": label, "n": v["n"], "MAE": v["mae"], "Pearson": v["pearson"],
-             "Spearman": v["spearman"]}
-            for kind in ("real", "corrupted") for label, v in metrics[kind].items()]
+    rows = [{"masks": kind, "label": label, "n": v["n"], "MAE": v["mae"], "bias": v.get("bias", ""),
+             "Pearson": v["pearson"], "Spearman": v["spearman"]}
+            for kind in ("real", "teacher", "corrupted") if kind in metrics for label, v in metrics[kind].items()]
     print(f"\nQuality predictor on Hippocampus, 10 % labelled (20 cases), fold-0 validation patches, "
           f"profile {args.profile}, {device_description(device)}")
     print(f"g: {cost['g_params']:,} parameters; segmentation network: {cost['seg_params']:,}; forward+backward on "
           f"batch {cost['batch_size']} x {cost['patch_size']}: g {cost['g_fwd_bwd_s']:.3f} s, "
           f"network {cost['seg_fwd_bwd_s']:.3f} s, ratio {cost['g_to_seg_time_ratio']:.3f}")
-    table = print_table(rows, ["masks", "label", "n", "MAE", "Pearson", "Spearman"])
+    table = print_table(rows, ["masks", "label", "n", "MAE", "bias", "Pearson", "Spearman"])
     write_json({"profile": args.profile, "device": device_description(device), "trainer": profile["trainer"],
                 "cost": cost, "metrics": metrics, "table": table, "wall_time_s": time.time() - started,
                 "calibration_plot": join(fold, "quality_calibration_warmup_end.png")}, args.out)

@@ -18,21 +18,31 @@ class EMATeacher(nn.Module):
         self.module.requires_grad_(False)
         self.module.eval()
         self.decay = decay
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))  # in the checkpoint
+        self._updates = None  # the same count on the host: reading the buffer would wait for the GPU
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._updates = None
+        return super().load_state_dict(state_dict, strict, assign)
 
     def current_decay(self) -> float:
-        step = int(self.num_updates.item())
-        return min(self.decay, 1.0 - 1.0 / (step + 1))
+        if self._updates is None:
+            self._updates = int(self.num_updates.item())
+        return min(self.decay, 1.0 - 1.0 / (self._updates + 1))
 
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
-        """Move the teacher one EMA step towards `student` (same architecture)."""
+        """Move the teacher one EMA step towards `student` (same architecture): t += (1 - d) (s - t),
+        as a few multi-tensor kernels instead of two per parameter, without waiting for the GPU."""
         d = self.current_decay()
-        for t, s in zip(self.module.parameters(), student.parameters()):
-            t.mul_(d).add_(s.detach(), alpha=1.0 - d)
-        for t, s in zip(self.module.buffers(), student.buffers()):
-            t.copy_(s)
+        teacher_params = list(self.module.parameters())
+        student_params = [p.detach() for p in student.parameters()]
+        torch._foreach_lerp_(teacher_params, student_params, 1.0 - d)
+        teacher_buffers, student_buffers = list(self.module.buffers()), list(student.buffers())
+        if teacher_buffers:
+            torch._foreach_copy_(teacher_buffers, student_buffers)
         self.num_updates += 1
+        self._updates += 1
 
     def forward(self, x: torch.Tensor):
         return self.module(x)

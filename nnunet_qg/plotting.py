@@ -35,7 +35,7 @@ def plot_progress_panels(logged: Dict[str, List[float]], panels: Dict[str, Seque
 
 def plot_calibration(pairs: Dict[str, "tuple"], label_names: Sequence[str], summary: Dict[str, dict],
                      path: str, title: str) -> None:
-    """Predicted vs true Dice scatter, one panel per kind (e.g. 'real', 'corrupted'), a colour per label."""
+    """Predicted vs true Dice scatter, one panel per kind (e.g. 'real', 'teacher', 'corrupted'), a colour per label."""
     with plt.style.context("default"):
         fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 5), squeeze=False)
         for ax, (kind, (predicted, true)) in zip(axes[0], pairs.items()):
@@ -43,7 +43,8 @@ def plot_calibration(pairs: Dict[str, "tuple"], label_names: Sequence[str], summ
                 ax.scatter(true[:, i], predicted[:, i], s=8, alpha=0.5, label=str(name))
             ax.plot([0, 1], [0, 1], "k--", linewidth=1)
             m = summary[kind]["mean"]
-            ax.set_title(f"{kind}: MAE {m['mae']:.3f}, Pearson {m['pearson']:.3f} (n={len(true)})", fontsize=10)
+            ax.set_title(f"{kind}: MAE {m['mae']:.3f}, bias {m['bias']:+.3f}, Pearson {m['pearson']:.3f} "
+                         f"(n={len(true)})", fontsize=10)
             ax.set_xlabel("true Dice")
             ax.set_ylabel("predicted Dice")
             ax.set_xlim(-0.02, 1.02)

@@ -41,3 +41,43 @@ def test_warmup_kill_resume_freeze_and_measure(phantom_env):
         assert (fold / name).stat().st_size > 1000, name
     # the unlabelled loss starts only after the warm-up
     assert logged["ssl_unlabeled_weight"][:2] == [0.0, 0.0] and logged["ssl_unlabeled_weight"][2] > 0
+
+
+def test_warmup_measures_the_teacher_and_the_bias(phantom_env):
+    """g is judged on the EMA teacher's predictions too (what PL-QW weights), with the bias logged."""
+    fold = Path(phantom_env["nnUNet_results"]) / DATASET / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
+    if not (fold / "checkpoint_final.pth").is_file():
+        run_cli(["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"], phantom_env)
+    logged = torch.load(fold / "checkpoint_final.pth", weights_only=False)["logging"]
+    for kind in ("real", "teacher", "corrupted"):
+        for metric in ("mae", "bias"):
+            values = np.array(logged[f"qg_val_{kind}_{metric}"])
+            assert len(values) == 4 and np.isfinite(values).all(), (kind, metric)
+    # |bias| <= MAE: the bias is the signed mean of the same differences
+    assert (np.abs(logged["qg_val_real_bias"]) <= np.array(logged["qg_val_real_mae"]) + 1e-9).all()
+    report = json.loads((fold / "quality_warmup_metrics.json").read_text())
+    assert set(report) == {"real", "teacher", "corrupted", "epoch"}
+
+
+def test_drift_trainer_judges_three_quality_predictors_side_by_side(phantom_env):
+    """Frozen, refreshed and corruptions-only g on one network run; state survives in the checkpoint."""
+    trainer = "nnUNetTrainerQGDrift_debug"  # 4 epochs x 3 iterations, warm-up = epochs 0 and 1
+    fold = Path(phantom_env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
+    run_cli(["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], phantom_env)
+    drift = json.loads((fold / "quality_drift.json").read_text())
+    assert [e["epoch"] for e in drift["epochs"]] == [0, 1, 2, 3] and drift["warmup_epochs"] == 2
+    for epoch in drift["epochs"]:
+        for variant in ("frozen", "refreshed", "corruptions_only"):
+            assert set(epoch[variant]) == {"real", "teacher", "corrupted"}
+        if epoch["warmup"]:  # until the warm-up ends the refreshed g is the paper's g itself
+            assert epoch["refreshed"] == epoch["frozen"]
+    assert drift["epochs"][-1]["refreshed"] != drift["epochs"][-1]["frozen"]
+    assert (fold / "quality_drift.png").stat().st_size > 1000
+
+    state = torch.load(fold / "checkpoint_final.pth", weights_only=False)["ssl_state"]
+    steps = {name: {int(s["step"]) for s in state[key]["optimizer"]["state"].values()}
+             for name, key in (("frozen", "quality"), ("refreshed", "refreshed"), ("corruptions_only", "corruptions_only"))}
+    # warm-up: 2 epochs x 3 iterations for every g; afterwards only the refreshed g learns (every 2nd of 6 steps)
+    assert steps == {"frozen": {6}, "corruptions_only": {6}, "refreshed": {9}}
+    assert state["quality"]["frozen"] and state["corruptions_only"]["frozen"] and state["refreshed"]["frozen"]
+    assert len(state["drift_history"]) == 4

@@ -12,7 +12,7 @@ from conftest import PHANTOM_ID, run_cli
 DATASET = f"Dataset{PHANTOM_ID:03d}_Phantom"
 TRAINERS = ["nnUNetTrainerQGSSL_debug", "nnUNetTrainerQGSSL_PLQW_debug", "nnUNetTrainerQGSSL_QAR_debug",
             "nnUNetTrainerMTQW_debug", "nnUNetTrainerMeanTeacher_debug", "nnUNetTrainerFixMatch_debug",
-            "nnUNetTrainerQGSSL_gRefresh_debug"]
+            "nnUNetTrainerQGSSL_gFrozen_debug"]
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)
@@ -43,9 +43,9 @@ def test_trainer_end_to_end(phantom_env, tmp_path, trainer):
             assert 0.0 <= log["ssl_quality_weight_mean"][-1] <= 1.0
         if trainer in ("nnUNetTrainerQGSSL_debug", "nnUNetTrainerQGSSL_QAR_debug"):
             assert math.isnan(log["ssl_loss_qar"][1]) and np.isfinite(log["ssl_loss_qar"][2:]).all()
-    if trainer == "nnUNetTrainerQGSSL_gRefresh_debug":  # g kept learning after the warm-up (every 2nd step)
+    if trainer == "nnUNetTrainerQGSSL_debug":  # g kept learning after the warm-up (every 2nd step)
         assert np.isfinite(log["qg_train_loss"]).all() and final["ssl_state"]["quality"]["frozen"] is True
-    if trainer == "nnUNetTrainerQGSSL_debug":  # the paper's g: no step after the warm-up epoch
+    if trainer == "nnUNetTrainerQGSSL_gFrozen_debug":  # the paper's g: no step after the warm-up epoch
         assert np.isfinite(log["qg_train_loss"][0]) and np.isnan(log["qg_train_loss"][1:]).all()
     if trainer == "nnUNetTrainerFixMatch_debug":
         assert 0.0 <= log["ssl_pseudo_label_kept"][-1] <= 1.0

@@ -63,6 +63,22 @@ def test_ema_teacher_follows_student_and_is_frozen():
     assert torch.allclose(teacher.module.weight, w0 + 1.5)
     teacher.train()
     assert not teacher.module.training
+    # the update count survives a checkpoint round trip: the third step uses decay 1 - 1/3
+    resumed = EMATeacher(student, decay=0.9)
+    resumed.load_state_dict(teacher.state_dict())
+    assert int(resumed.num_updates) == 2 and resumed.current_decay() == pytest.approx(2 / 3)
+
+
+def test_ema_teacher_copies_buffers():
+    from nnunet_qg.ema import EMATeacher
+
+    student = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3))
+    teacher = EMATeacher(student)
+    student.train()
+    student(torch.randn(8, 2))  # moves the running statistics
+    teacher.update(student)
+    assert torch.equal(teacher.module[1].running_mean, student[1].running_mean)
+    assert int(teacher.module[1].num_batches_tracked) == 1
 
 
 def test_sigmoid_rampup():

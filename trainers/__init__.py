@@ -1,11 +1,13 @@
 """nnUNetTrainer subclasses of nnunet-qg (installed as `nnunet_qg.trainers`)."""
 from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerFixMatch, nnUNetTrainerMeanTeacher
-from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gRefresh,
+from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gFrozen,
                                                    nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_QAR)
 from nnunet_qg.trainers.nnUNetTrainerQGSSL_short import (nnUNetTrainerFixMatch_debug, nnUNetTrainerMeanTeacher_debug,
                                                          nnUNetTrainerMTQW_debug, nnUNetTrainerQGSSL_debug, nnUNetTrainerQGSSL_demo,
-                                                         nnUNetTrainerQGSSL_gRefresh_debug,
+                                                         nnUNetTrainerQGSSL_gFrozen_debug,
                                                          nnUNetTrainerQGSSL_PLQW_debug, nnUNetTrainerQGSSL_QAR_debug)
+from nnunet_qg.trainers.nnUNetTrainerQGDrift import (nnUNetTrainerQGDrift, nnUNetTrainerQGDrift_cpuBench,
+                                                     nnUNetTrainerQGDrift_debug, nnUNetTrainerQGDrift_gpuBench)
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup_short import (nnUNetTrainerQGWarmup_cpuBench, nnUNetTrainerQGWarmup_debug,
                                                             nnUNetTrainerQGWarmup_gpuBench)

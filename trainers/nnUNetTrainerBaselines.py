@@ -30,4 +30,4 @@ class nnUNetTrainerFixMatch(nnUNetTrainerSSL):
     def compute_unlabeled_loss(self, output_unlabeled, view_student, view_teacher):
         logits = highest_resolution(output_unlabeled)
         loss, kept = confidence_masked_ce(logits, self.teacher_probabilities(view_teacher), self.confidence_threshold)
-        return loss, {"ssl_pseudo_label_kept": float(kept)}
+        return loss, {"ssl_pseudo_label_kept": kept}

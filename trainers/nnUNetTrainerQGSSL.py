@@ -2,7 +2,8 @@
 
 nnUNetTrainerQGSSL: warm-up (supervised + quality predictor), then supervised loss
 + quality-weighted pseudo-labels (PL-QW) + quality-aware regularisation (QAR), each with its own
-linear ramp. Ablations and the quality-weighted Mean Teacher are small subclasses. Ramps are
+linear ramp; g keeps learning from the labelled batch every 2nd step after the warm-up
+(nnUNetTrainerQGSSL_gFrozen: frozen, as in the paper). Ablations and the quality-weighted Mean Teacher are small subclasses. Ramps are
 fractions of num_epochs (the paper's are epochs of a 200-epoch run), so short schedules keep
 their shape.
 """
@@ -15,6 +16,7 @@ from nnunet_qg.quality.training import one_hot_foreground
 from nnunet_qg.ramps import linear_rampup
 from nnunet_qg.ssl_losses import per_sample_dice_ce, quality_weights, softmax_mse_per_sample, weighted_mean
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
+from nnunet_qg.trainers.nnUNetTrainerSSL import StepValue
 
 
 class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
@@ -36,6 +38,12 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         self.qar_ramp_fraction = 0.2  # 40 of 200 epochs
         self.quality_temperature = 2.0
         self.quality_threshold = 0.5
+        # not the paper's (nnUNetTrainerQGSSL_gFrozen is): after the warm-up g still takes one step
+        # every 2nd iteration on the labelled batch, so it follows the network's improving predictions.
+        # A frozen g went off calibration on the GPU (it scored the teacher's pseudo-labels 0.17-0.34
+        # while their Dice was ~0.89, so PL-QW kept almost nothing); the refreshed g stayed calibrated
+        # in the drift benchmark (README, Measured)
+        self.quality_refresh_every = 2
         self.unlabeled_loss_weight = 1.0  # the component weights carry the schedule
         self._weights = {"plqw": 0.0, "qar": 0.0}
 
@@ -70,12 +78,12 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
     def quality_weight(self, quality: torch.Tensor) -> torch.Tensor:
         return quality_weights(quality, self.quality_temperature, self.quality_threshold)
 
-    def pseudo_label_stats(self, quality: torch.Tensor, weights: torch.Tensor) -> Dict[str, float]:
-        return {"ssl_quality_weight_mean": float(weights.mean()),
-                "ssl_pseudo_label_kept": float((quality >= self.quality_threshold).float().mean()),
-                "ssl_pseudo_label_quality": float(quality.mean())}
+    def pseudo_label_stats(self, quality: torch.Tensor, weights: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return {"ssl_quality_weight_mean": weights.detach().mean(),
+                "ssl_pseudo_label_kept": (quality >= self.quality_threshold).float().mean(),
+                "ssl_pseudo_label_quality": quality.mean()}
 
-    def plqw_loss(self, output_unlabeled, view_teacher) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def plqw_loss(self, output_unlabeled, view_teacher) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Quality-weighted pseudo-labels: per-sample Dice+CE against the teacher, weighted by g."""
         pseudo, quality = self.pseudo_labels_and_quality(view_teacher, self.teacher_probabilities(view_teacher))
         weights = self.quality_weight(quality)
@@ -89,7 +97,7 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         fg = [self.label_manager.all_labels.index(l) for l in self.label_manager.foreground_labels]
         return 1 - self.quality_predictor(view_student, probs[:, fg]).mean()
 
-    def after_train_step(self, data, target, output_labeled) -> Dict[str, float]:
+    def after_train_step(self, data, target, output_labeled) -> Dict[str, StepValue]:
         return {**super().after_train_step(data, target, output_labeled),
                 "ssl_weight_plqw": self._weights["plqw"], "ssl_weight_qar": self._weights["qar"]}
 
@@ -99,11 +107,11 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         if self._weights["plqw"] > 0:
             loss, info = self.plqw_loss(output_unlabeled, view_teacher)
             total = total + self._weights["plqw"] * loss
-            extras.update(info, ssl_loss_plqw=float(loss.detach()))
+            extras.update(info, ssl_loss_plqw=loss.detach())
         if self._weights["qar"] > 0:
             loss = self.qar_loss(output_unlabeled, view_student)
             total = total + self._weights["qar"] * loss
-            extras["ssl_loss_qar"] = float(loss.detach())
+            extras["ssl_loss_qar"] = loss.detach()
         return total, extras
 
     def ssl_progress_panels(self):
@@ -133,19 +141,13 @@ class nnUNetTrainerQGSSL_QAR(nnUNetTrainerQGSSL):
         self.plqw_weight = 0.0
 
 
-class nnUNetTrainerQGSSL_gRefresh(nnUNetTrainerQGSSL):
-    """QG-SSL whose quality predictor keeps learning from the labelled batch after the warm-up.
-
-    Why: on the GPU benchmark (README, Measured) a g frozen after a short warm-up had only seen the
-    early network's poor predictions; on the later, good ones it under-predicted (teacher
-    pseudo-labels scored ~0.3) and anti-ranked, so PL-QW kept almost nothing. Here g takes one
-    step every `quality_refresh_every` iterations on the labelled batch (labels only from the
-    labelled cases), and is frozen (eval, no parameter gradients) in between, for PL-QW and QAR."""
+class nnUNetTrainerQGSSL_gFrozen(nnUNetTrainerQGSSL):
+    """QG-SSL exactly as the paper: g frozen after the warm-up (no refresh steps)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.quality_refresh_every = 2
+        self.quality_refresh_every = 0
 
 
 class nnUNetTrainerMTQW(nnUNetTrainerQGSSL):

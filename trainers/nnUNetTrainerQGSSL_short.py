@@ -3,7 +3,7 @@
 4 epochs x 3 iterations: warm-up in epoch 0, PL-QW from epoch 1, QAR from epoch 2.
 """
 from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerFixMatch, nnUNetTrainerMeanTeacher
-from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gRefresh,
+from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gFrozen,
                                                    nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_QAR)
 from nnunet_qg.trainers.short_schedule import ShortSchedule
 
@@ -27,8 +27,8 @@ class nnUNetTrainerQGSSL_QAR_debug(QGDebugSchedule, nnUNetTrainerQGSSL_QAR):
     """Smoke test of nnUNetTrainerQGSSL_QAR."""
 
 
-class nnUNetTrainerQGSSL_gRefresh_debug(QGDebugSchedule, nnUNetTrainerQGSSL_gRefresh):
-    """Smoke test of nnUNetTrainerQGSSL_gRefresh."""
+class nnUNetTrainerQGSSL_gFrozen_debug(QGDebugSchedule, nnUNetTrainerQGSSL_gFrozen):
+    """Smoke test of nnUNetTrainerQGSSL_gFrozen (the paper's frozen g)."""
 
 
 class nnUNetTrainerMTQW_debug(QGDebugSchedule, nnUNetTrainerMTQW):

@@ -6,6 +6,7 @@ At every validation g is measured on the fold's validation patches, on the netwo
 predictions and on corrupted masks. The unlabelled loss (Mean Teacher here; the quality-guided
 losses in subclasses) ramps up after the warm-up.
 """
+import itertools
 from typing import Dict, List
 
 import numpy as np
@@ -20,7 +21,7 @@ from nnunet_qg.quality.metrics import agreement_per_label
 from nnunet_qg.quality.network import QualityPredictor, save_quality_predictor
 from nnunet_qg.quality.training import QualityPredictorTrainer
 from nnunet_qg.ramps import sigmoid_rampup
-from nnunet_qg.trainers.nnUNetTrainerSSL import nnUNetTrainerSSL
+from nnunet_qg.trainers.nnUNetTrainerSSL import StepValue, nnUNetTrainerSSL
 
 QUALITY_PREDICTOR_FILE = "quality_predictor.pth"
 
@@ -29,8 +30,10 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
     """nnUNetTrainerSSL + quality predictor warm-up, freezing and measurement."""
 
     ssl_log_keys = nnUNetTrainerSSL.ssl_log_keys + ("qg_train_loss",)
-    ssl_val_log_keys = ("qg_val_real_mae", "qg_val_real_pearson", "qg_val_real_spearman",
-                        "qg_val_corrupted_mae", "qg_val_corrupted_pearson", "qg_val_corrupted_spearman")
+    quality_kinds = ("real", "teacher", "corrupted")  # masks g is judged on at every validation
+    quality_metrics = ("mae", "bias", "pearson", "spearman")
+    ssl_val_log_keys = tuple(f"qg_val_{kind}_{metric}" for kind, metric in
+                             itertools.product(quality_kinds, quality_metrics))
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -49,6 +52,7 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         self.quality_refresh_every = 0
         self.quality_refresh_real_fraction = 0.5  # share of real predictions in those steps
         self._steps_since_warmup = 0
+        self._pending_corruptions = None  # this step's corruptions, started before the network's step
         self.quality = None  # QualityPredictorTrainer, set in initialize()
         self._quality_val: List[Dict] = []
 
@@ -90,15 +94,31 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
             self.quality.freeze()
             self.print_to_log_file(f"Quality predictor frozen after {self.warmup_epochs} warm-up epochs.")
 
-    def after_train_step(self, data, target, output_labeled) -> Dict[str, float]:
+    def quality_learns_this_step(self) -> bool:
+        """g trains during the warm-up, and afterwards on every `quality_refresh_every`-th step (if > 0)."""
+        return not self.quality.frozen or (self.quality_refresh_every > 0 and
+                                           (self._steps_since_warmup + 1) % self.quality_refresh_every == 0)
+
+    def before_train_step(self, batch: dict) -> None:
+        """Start this step's mask corruptions in g's threads from the loader's CPU target, so they run
+        while the GPU computes the network's step."""
+        super().before_train_step(batch)
+        self._pending_corruptions = None
+        if self.quality_learns_this_step():
+            target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
+            self._pending_corruptions = self.quality.start_corruptions(target, self.quality.masks_per_sample)
+
+    def after_train_step(self, data, target, output_labeled) -> Dict[str, StepValue]:
         target0 = target[0] if isinstance(target, list) else target
         logits0 = output_labeled[0] if isinstance(output_labeled, list) else output_labeled
+        learns, corruptions = self.quality_learns_this_step(), self._pending_corruptions
+        self._pending_corruptions = None
         if not self.quality.frozen:
-            return {"qg_train_loss": np.float64(self.quality.train_step(data, target0, logits0, self._autocast()))}
+            return {"qg_train_loss": self.quality.train_step(data, target0, logits0, self._autocast(), corruptions)}
         self._steps_since_warmup += 1
-        if self.quality_refresh_every > 0 and self._steps_since_warmup % self.quality_refresh_every == 0:
-            return {"qg_train_loss": np.float64(self.quality.refresh_step(
-                data, target0, logits0, self._autocast(), self.quality_refresh_real_fraction))}
+        if learns:
+            return {"qg_train_loss": self.quality.refresh_step(data, target0, logits0, self._autocast(),
+                                                               self.quality_refresh_real_fraction, corruptions)}
         return {"qg_train_loss": np.float64(np.nan)}
 
     # ------------------------------------------------------------------ measurement
@@ -113,36 +133,48 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
             result = super().validation_step(batch)
         finally:
             handle.remove()
-        output = captured[-1]
-        logits = highest_resolution(output)
+        logits = highest_resolution(captured[-1])
+        data = batch["data"].to(self.device)
         target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
-        self._quality_val.append(self.quality.measure_batch(batch["data"].to(self.device), target.to(self.device),
-                                                            logits, self._autocast()))
+        with torch.no_grad(), self._autocast():
+            teacher_logits = self.teacher(data)  # the pseudo-labels PL-QW weights come from the teacher
+        self._quality_val.append(self.measure_quality(data, target.to(self.device), logits, teacher_logits))
         return result
 
-    def quality_summary(self) -> Dict[str, Dict]:
-        """MAE/Pearson/Spearman per label on this validation's real and corrupted masks."""
-        names = [str(l) for l in self.label_manager.foreground_labels]
+    def measure_quality(self, data: torch.Tensor, target: torch.Tensor, logits: torch.Tensor,
+                        teacher_logits: torch.Tensor) -> Dict[str, tuple]:
+        """g's predicted vs true Dice on one validation batch, per kind of mask."""
+        return self.quality.measure_batch(data, target, logits, self._autocast(), teacher_logits)
+
+    @staticmethod
+    def summarise_quality(measurements: List[Dict[str, tuple]], names: List[str]) -> Dict[str, Dict]:
+        """Per kind of mask: the (predicted, true) pairs and MAE/bias/Pearson/Spearman per label."""
         out = {}
-        for kind in ("real", "corrupted"):
-            predicted = np.concatenate([b[kind][0] for b in self._quality_val])
-            true = np.concatenate([b[kind][1] for b in self._quality_val])
+        for kind in measurements[0]:
+            predicted = np.concatenate([b[kind][0] for b in measurements])
+            true = np.concatenate([b[kind][1] for b in measurements])
             out[kind] = {"pairs": (predicted, true), **agreement_per_label(predicted, true, names)}
         return out
+
+    def quality_summary(self) -> Dict[str, Dict]:
+        """g on this validation's real, teacher and corrupted masks."""
+        return self.summarise_quality(self._quality_val, [str(l) for l in self.label_manager.foreground_labels])
 
     def on_validation_epoch_end(self, val_outputs):
         super().on_validation_epoch_end(val_outputs)
         summary = self.quality_summary()  # on DDP: rank 0's validation patches (nnU-Net shards val too)
-        for kind in ("real", "corrupted"):
-            for metric in ("mae", "pearson", "spearman"):
+        for kind in self.quality_kinds:
+            for metric in self.quality_metrics:
                 self.logger.log(f"qg_val_{kind}_{metric}", summary[kind]["mean"][metric], self.current_epoch)
-            per_label = ", ".join(f"label {k}: MAE {v['mae']:.3f} r {v['pearson']:.3f} rho {v['spearman']:.3f}"
+            per_label = ", ".join(f"label {k}: MAE {v['mae']:.3f} bias {v['bias']:+.3f} r {v['pearson']:.3f} "
+                                  f"rho {v['spearman']:.3f}"
                                   for k, v in summary[kind].items() if k not in ("mean", "pairs"))
             self.print_to_log_file(f"Quality predictor on validation ({kind} masks): {per_label}")
         if self.local_rank == 0:
-            pairs = {k: summary[k]["pairs"] for k in ("real", "corrupted")}
+            pairs = {k: summary[k]["pairs"] for k in self.quality_kinds}
             names = [str(l) for l in self.label_manager.foreground_labels]
-            stage = "warm-up" if self.current_epoch < self.warmup_epochs else "frozen"
+            stage = "warm-up" if self.current_epoch < self.warmup_epochs else \
+                f"refreshed every {self.quality_refresh_every} iterations" if self.quality_refresh_every else "frozen"
             plot_calibration(pairs, names, summary, join(self.output_folder, "quality_calibration.png"),
                              f"Quality predictor, epoch {self.current_epoch} ({stage})")
             if self.current_epoch == self.warmup_epochs - 1:
@@ -163,16 +195,21 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
     def ssl_progress_panels(self) -> Dict[str, List[str]]:
         panels = super().ssl_progress_panels()
         panels["quality predictor training loss (warm-up)"] = ["qg_train_loss"]
-        panels["quality predictor on validation: MAE"] = ["qg_val_real_mae", "qg_val_corrupted_mae"]
+        panels["quality predictor on validation: MAE"] = ["qg_val_real_mae", "qg_val_teacher_mae",
+                                                           "qg_val_corrupted_mae"]
+        panels["quality predictor on validation: bias (predicted - true)"] = ["qg_val_real_bias",
+                                                                              "qg_val_teacher_bias"]
         panels["quality predictor on validation: correlation"] = ["qg_val_real_pearson", "qg_val_real_spearman",
-                                                                   "qg_val_corrupted_pearson"]
+                                                                   "qg_val_teacher_pearson", "qg_val_corrupted_pearson"]
         return panels
 
     # ------------------------------------------------------------------ checkpoints
     def ssl_state_dict(self) -> dict:
-        return {**super().ssl_state_dict(), "quality": self.quality.state_dict()}
+        return {**super().ssl_state_dict(), "quality": self.quality.state_dict(),
+                "quality_steps_since_warmup": self._steps_since_warmup}
 
     def load_ssl_state_dict(self, state: dict) -> None:
         super().load_ssl_state_dict(state)
         if "quality" in state:
             self.quality.load_state_dict(state["quality"])
+        self._steps_since_warmup = int(state.get("quality_steps_since_warmup", 0))  # refresh steps keep their phase

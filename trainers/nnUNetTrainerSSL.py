@@ -34,6 +34,20 @@ from nnunet_qg.unlabeled.two_views import TwoViewTransform, split_views
 
 SSL_STATE_KEY = "ssl_state"
 
+# a value logged from a training step: a number, or a 0-d tensor left on the device until the step ends
+StepValue = Union[float, torch.Tensor]
+
+
+def to_host(values: Dict[str, StepValue]) -> Dict[str, np.float64]:
+    """Logged step values as numbers, with one device-to-host copy for all tensors (each separate
+    read would make the host wait for the GPU mid-step)."""
+    keys = [k for k, v in values.items() if isinstance(v, torch.Tensor)]
+    out = {k: np.float64(v) for k, v in values.items() if k not in keys}
+    if keys:
+        copied = torch.stack([values[k].detach().float().reshape(()) for k in keys]).cpu().numpy()
+        out.update({k: np.float64(v) for k, v in zip(keys, copied)})
+    return out
+
 
 class nnUNetTrainerSSL(nnUNetTrainer):
     """Base semi-supervised trainer (Mean Teacher consistency as its unlabelled loss)."""
@@ -154,7 +168,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             return self.label_manager.apply_inference_nonlin(self.teacher(view_teacher)).float()
 
     def compute_unlabeled_loss(self, output_unlabeled, view_student: torch.Tensor, view_teacher: torch.Tensor
-                               ) -> Tuple[torch.Tensor, Dict[str, float]]:
+                               ) -> Tuple[torch.Tensor, Dict[str, StepValue]]:
         """Mean Teacher consistency: softmax MSE between student (strong view) and teacher (weak view).
 
         `output_unlabeled` is the student's output on the student view (a list with deep supervision).
@@ -163,11 +177,16 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         student_probs = self.label_manager.apply_inference_nonlin(logits.float())
         return F.mse_loss(student_probs, self.teacher_probabilities(view_teacher)), {}
 
-    def after_train_step(self, data: torch.Tensor, target, output_labeled) -> Dict[str, float]:
+    def before_train_step(self, batch: dict) -> None:
+        """Hook with the loader's batch, still on the CPU, before the network's step (subclasses start
+        CPU work here that then overlaps the GPU step)."""
+
+    def after_train_step(self, data: torch.Tensor, target, output_labeled) -> Dict[str, StepValue]:
         """Hook after the optimizer step (subclasses train helpers here); returns values to log."""
         return {}
 
     def train_step(self, batch: dict) -> dict:
+        self.before_train_step(batch)
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
@@ -207,11 +226,8 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         self.teacher.update(unwrap_network(self.network))
         extras.update(self.after_train_step(data, target, [o.detach() for o in output_l]
                                             if isinstance(output_l, list) else output_l.detach()))
-        out = {"loss": loss.detach().cpu().numpy(),
-               "ssl_loss_supervised": loss_sup.detach().cpu().numpy(),
-               "ssl_loss_unlabeled": loss_u.detach().cpu().numpy(),
-               "ssl_unlabeled_weight": np.float64(self._current_unlabeled_weight),
-               **{k: np.float64(v) for k, v in extras.items()}}
+        out = to_host({"loss": loss, "ssl_loss_supervised": loss_sup, "ssl_loss_unlabeled": loss_u,
+                       "ssl_unlabeled_weight": self._current_unlabeled_weight, **extras})
         for key in self.ssl_log_keys:  # every value is logged every epoch (nan while it does not apply)
             out.setdefault(key, np.float64(np.nan))
         return out

@@ -10,12 +10,12 @@ from typing import Dict
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerFixMatch, nnUNetTrainerMeanTeacher
-from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gRefresh,
+from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gFrozen,
                                                    nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_QAR)
 from nnunet_qg.trainers.short_schedule import ShortSchedule
 
 BENCHMARK_BASES = (nnUNetTrainer, nnUNetTrainerMeanTeacher, nnUNetTrainerFixMatch, nnUNetTrainerMTQW,
-                   nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_QAR, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gRefresh)
+                   nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_QAR, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gFrozen)
 
 # budget suffix -> ShortSchedule attributes
 BUDGETS: Dict[str, Dict[str, int]] = {

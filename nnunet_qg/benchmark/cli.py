@@ -11,17 +11,15 @@ them as arms finish, and prints the table last.
 """
 import argparse
 import os
-import platform
 import sys
 import time
 from datetime import date
 from os.path import abspath, isfile, join
 from typing import List
 
-import torch
-
 from nnunet_qg import pipeline
 from nnunet_qg.atomic import atomic_write_json, atomic_write_text
+from nnunet_qg.benchmark.device import describe_device
 from nnunet_qg.benchmark.profiles import ARMS, GENERATED_SPLITS, PROFILES, UPPER_BOUND, Profile
 from nnunet_qg.benchmark.report import markdown_table, plot_bars, summarise
 from nnunet_qg.benchmark.runner import Job, dataset_ids, prepare_datasets, run_jobs
@@ -32,12 +30,6 @@ def source_case_ids(source_format: str, folder: str) -> List[str]:
     from nnunet_qg.dataset_conversion.convert_2d_ssl import ph2_pairs
 
     return sorted({"ph2": ph2_pairs}[source_format](folder))
-
-
-def describe_device(profile: Profile) -> str:
-    if profile.device == "cuda" and torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
-    return f"CPU ({platform.machine()}, {os.cpu_count()} cores), torch {torch.__version__}"
 
 
 def write_results(rows: List[dict], out: str, meta: dict) -> str:
@@ -101,7 +93,7 @@ def entry_point() -> None:
              if UPPER_BOUND in profile.arms]
     test_cases = len(os.listdir(join(pipeline.raw_dataset_folder(env, next(iter(ids.values()))), "labelsTs")))
     meta = {"date": date.today().isoformat(), "profile": profile.name, "budget": profile.budget,
-            "device": describe_device(profile), "dataset": os.path.basename(abspath(args.i)),
+            "device": describe_device(profile.device), "dataset": os.path.basename(abspath(args.i)),
             "fractions": list(profile.fractions), "arms": list(profile.arms), "repeats": profile.repeats,
             "configuration": profile.configuration, "concurrency": profile.concurrency, "nnUNet_n_proc_DA": profile.n_proc_DA, "tta": profile.tta,
             "test_cases": test_cases, "preparation_s": prep_s}

@@ -10,8 +10,8 @@ ARMS: Dict[str, str] = {
     "mt_qw": "nnUNetTrainerMTQW",
     "pl_qw": "nnUNetTrainerQGSSL_PLQW",
     "qar": "nnUNetTrainerQGSSL_QAR",
-    "qg_ssl": "nnUNetTrainerQGSSL",
-    "qg_ssl_refresh": "nnUNetTrainerQGSSL_gRefresh",  # g keeps learning after the warm-up (not in the paper)
+    "qg_ssl": "nnUNetTrainerQGSSL",  # g refreshed after the warm-up (our default)
+    "qg_ssl_frozen": "nnUNetTrainerQGSSL_gFrozen",  # g frozen after the warm-up (the paper)
     "full_supervision": "nnUNetTrainer",
 }
 LOWER_BOUND, UPPER_BOUND = "supervised", "full_supervision"
@@ -35,7 +35,7 @@ class Profile:
     configuration: str = "3d_fullres"
     source_format: str = "msd"  # see runner.CONVERTERS
     repeats: int = 1
-    arms: Tuple[str, ...] = tuple(a for a in ARMS if a != "qg_ssl_refresh")  # the paper's arms; add it with --arms
+    arms: Tuple[str, ...] = tuple(ARMS)
     max_unlabelled: int = None  # subsets, for the pipeline test only
     max_test: int = None
     extra_env: Dict[str, str] = field(default_factory=dict)

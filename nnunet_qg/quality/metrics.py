@@ -1,4 +1,4 @@
-"""Agreement between predicted and true Dice: MAE, Pearson, Spearman (per label)."""
+"""Agreement between predicted and true Dice: MAE, bias, Pearson, Spearman (per label)."""
 from typing import Dict
 
 import numpy as np
@@ -6,9 +6,12 @@ from scipy import stats
 
 
 def agreement(predicted: np.ndarray, true: np.ndarray) -> Dict[str, float]:
-    """MAE, Pearson and Spearman of two 1-D arrays (correlations are nan when undefined)."""
+    """MAE, bias (mean of predicted - true: < 0 means g under-rates), Pearson and Spearman of two
+    1-D arrays (correlations are nan when undefined)."""
     predicted, true = np.asarray(predicted, float), np.asarray(true, float)
-    out = {"n": int(len(true)), "mae": float(np.mean(np.abs(predicted - true))) if len(true) else float("nan"),
+    empty = not len(true)
+    out = {"n": int(len(true)), "mae": float("nan") if empty else float(np.mean(np.abs(predicted - true))),
+           "bias": float("nan") if empty else float(np.mean(predicted - true)),
            "pearson": float("nan"), "spearman": float("nan")}
     if len(true) >= 3 and np.std(true) > 0 and np.std(predicted) > 0:
         out["pearson"] = float(stats.pearsonr(predicted, true)[0])
@@ -19,7 +22,7 @@ def agreement(predicted: np.ndarray, true: np.ndarray) -> Dict[str, float]:
 def agreement_per_label(predicted: np.ndarray, true: np.ndarray, label_names) -> Dict[str, Dict[str, float]]:
     """`agreement` for each column of (N, L) arrays, plus 'mean' over labels."""
     per_label = {str(name): agreement(predicted[:, i], true[:, i]) for i, name in enumerate(label_names)}
-    keys = ("mae", "pearson", "spearman")
+    keys = ("mae", "bias", "pearson", "spearman")
     per_label["mean"] = {k: _mean_ignoring_nan([v[k] for v in per_label.values()]) for k in keys}
     per_label["mean"]["n"] = int(len(true))
     return per_label

@@ -4,8 +4,8 @@ g learns from (a) corrupted ground-truth patches of the labelled batch and (b) t
 network's own current predictions on the same patches (detached), each with its exact Dice.
 """
 import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -20,6 +20,13 @@ from nnunet_qg.quality.network import QualityPredictor
 def one_hot_foreground(label_map: torch.Tensor, labels: Sequence[int]) -> torch.Tensor:
     """(B, 1, ...) integer label map -> (B, L, ...) float one-hot of the foreground labels."""
     return torch.cat([(label_map == l) for l in labels], 1).float()
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor onto `device`; to a GPU through pinned memory, so the host does not wait."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 class QualityPredictorTrainer:
@@ -61,41 +68,68 @@ class QualityPredictorTrainer:
             mask = one_hot_foreground(pred, self.labels)
         return mask, truth
 
-    def corrupted_samples(self, target: torch.Tensor):
-        """Corrupted ground-truth masks (CPU, numpy) and their exact Dice.
+    def start_corruptions(self, target: torch.Tensor, draws: int) -> List[List[Future]]:
+        """Submit `draws` corrupted versions of every patch of `target` (B, 1, ...) to the thread pool,
+        all at once. Given the loader's CPU copy of the target, this starts before the GPU step and
+        never waits for the device; the results are collected by `corrupted_draws`.
 
-        Each sample gets its own generator seeded from self.rng, so the result does not depend on
-        how many threads run the corruptions (scipy releases the GIL in its filters)."""
+        Each mask gets its own generator seeded from self.rng, so the result does not depend on how
+        many threads run the corruptions (scipy releases the GIL in its filters)."""
         maps = target[:, 0].cpu().numpy().astype(np.int16)
-        seeds = self.rng.integers(0, 2 ** 63 - 1, size=len(maps))
+        seeds = self.rng.integers(0, 2 ** 63 - 1, size=(draws, len(maps)))
 
-        def corrupt(i: int):
-            return self.corruptor.corrupt(maps[i], np.random.default_rng(seeds[i]),
+        def corrupt(i: int, seed: int):
+            return self.corruptor.corrupt(maps[i], np.random.default_rng(seed),
                                           others=[maps[j] for j in range(len(maps)) if j != i])
 
-        if self.num_threads > 1 and len(maps) > 1:
+        if self.num_threads > 1 and draws * len(maps) > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.num_threads)
-            results = list(self._pool.map(corrupt, range(len(maps))))
-        else:
-            results = [corrupt(i) for i in range(len(maps))]
-        label_map = torch.from_numpy(np.stack([r.mask for r in results])[:, None]).to(target.device)
-        return one_hot_foreground(label_map, self.labels), torch.from_numpy(np.stack([r.dice for r in results])).to(target.device)
+            return [[self._pool.submit(corrupt, i, seeds[d, i]) for i in range(len(maps))] for d in range(draws)]
+        done = []
+        for d in range(draws):
+            done.append([])
+            for i in range(len(maps)):
+                done[-1].append(Future())
+                done[-1][-1].set_result(corrupt(i, seeds[d, i]))
+        return done
 
-    def training_samples(self, target: torch.Tensor, seg_logits: torch.Tensor):
-        """Per sample: the network's prediction with probability real_fraction, else a corruption."""
-        corrupted_mask, corrupted_dice = self.corrupted_samples(target)
+    def corrupted_draws(self, target: torch.Tensor, draws: int, started: Optional[List[List[Future]]] = None
+                        ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """`draws` x (one-hot corrupted masks (B, L, ...), their exact Dice (B, L)) on target's device;
+        `started`: what start_corruptions returned for this target, else they are computed now."""
+        started = self.start_corruptions(target, draws) if started is None else started
+        out = []
+        for futures in started:
+            results = [f.result() for f in futures]
+            label_map = to_device(torch.from_numpy(np.stack([r.mask for r in results])[:, None]), target.device)
+            dice = to_device(torch.from_numpy(np.stack([r.dice for r in results])), target.device)
+            out.append((one_hot_foreground(label_map, self.labels), dice))
+        return out
+
+    def corrupted_samples(self, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One corrupted mask per patch of `target` and its exact Dice."""
+        return self.corrupted_draws(target, 1)[0]
+
+    def training_samples(self, target: torch.Tensor, seg_logits: torch.Tensor,
+                         corrupted: Tuple[torch.Tensor, torch.Tensor]):
+        """Per sample: the network's prediction with probability real_fraction, else the corruption."""
+        corrupted_mask, corrupted_dice = corrupted
         real_mask, real_dice = self.real_samples(target, seg_logits, soft=self.rng.random() < self.soft_fraction)
-        use_real = torch.from_numpy(self.rng.random(len(target)) < self.real_fraction).to(target.device)
+        use_real = to_device(torch.from_numpy(self.rng.random(len(target)) < self.real_fraction), target.device)
         shape = (-1,) + (1,) * (real_mask.ndim - 1)
         mask = torch.where(use_real.view(shape), real_mask, corrupted_mask)
         dice = torch.where(use_real.view(-1, 1), real_dice, corrupted_dice)
         return mask, dice
 
     # ----------------------------------------------------------------- training
-    def train_step(self, images: torch.Tensor, target: torch.Tensor, seg_logits: torch.Tensor, autocast_ctx) -> float:
-        """One optimizer step of g (SmoothL1 on Dice) on `masks_per_sample` masks per labelled patch."""
-        draws = [self.training_samples(target, seg_logits) for _ in range(self.masks_per_sample)]
+    def train_step(self, images: torch.Tensor, target: torch.Tensor, seg_logits: torch.Tensor,
+                   autocast_ctx, corruptions: Optional[List[List[Future]]] = None) -> torch.Tensor:
+        """One optimizer step of g (SmoothL1 on Dice) on `masks_per_sample` masks per labelled patch;
+        returns the loss, detached, on the device (reading it would make the host wait for the GPU).
+        `corruptions`: start_corruptions(target, masks_per_sample), started before the network's step."""
+        corrupted = self.corrupted_draws(target, self.masks_per_sample, corruptions)
+        draws = [self.training_samples(target, seg_logits, c) for c in corrupted]
         mask, dice = torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
         images = images.repeat((self.masks_per_sample,) + (1,) * (images.ndim - 1))
         self.train_model.train()
@@ -105,17 +139,18 @@ class QualityPredictorTrainer:
         loss = F.smooth_l1_loss(predicted.float(), dice.float(), beta=0.1)
         loss.backward()
         self.optimizer.step()
-        return float(loss.detach())
+        return loss.detach()
 
     def refresh_step(self, images: torch.Tensor, target: torch.Tensor, seg_logits: torch.Tensor, autocast_ctx,
-                     real_fraction: Optional[float] = None) -> float:
+                     real_fraction: Optional[float] = None,
+                     corruptions: Optional[List[List[Future]]] = None) -> torch.Tensor:
         """One training step of a frozen g (to follow the network's improving predictions), frozen again
         after; `real_fraction` overrides the share of real predictions for this step."""
         saved = self.real_fraction
         self.real_fraction = saved if real_fraction is None else real_fraction
         self.model.requires_grad_(True)
         try:
-            return self.train_step(images, target, seg_logits, autocast_ctx)
+            return self.train_step(images, target, seg_logits, autocast_ctx, corruptions)
         finally:
             self.real_fraction = saved
             self.model.eval()
@@ -127,20 +162,33 @@ class QualityPredictorTrainer:
         self.model.requires_grad_(False)
         self.frozen = True
 
+    def measurement_masks(self, target: torch.Tensor, seg_logits: torch.Tensor,
+                          teacher_logits: Optional[torch.Tensor] = None) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
+        """Masks to judge g on, with their true Dice: the network's real (hard) predictions, the
+        teacher's (what PL-QW weights) when given, and corrupted ground truth."""
+        masks = {"real": self.real_samples(target, seg_logits, soft=False)}
+        if teacher_logits is not None:
+            masks["teacher"] = self.real_samples(target, teacher_logits, soft=False)
+        masks["corrupted"] = self.corrupted_samples(target)
+        return masks
+
     @torch.no_grad()
-    def measure_batch(self, images: torch.Tensor, target: torch.Tensor, seg_logits: torch.Tensor,
-                      autocast_ctx) -> Dict[str, List[np.ndarray]]:
-        """Predicted and true Dice on real predictions and on corrupted masks of one batch."""
+    def score_masks(self, images: torch.Tensor, masks: Dict[str, Tuple[torch.Tensor, torch.Tensor]],
+                    autocast_ctx) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+        """g's predicted Dice next to the true Dice, per kind of mask (g in eval mode for this)."""
         was_training = self.model.training
         self.model.eval()
         out = {}
-        real_mask, real_dice = self.real_samples(target, seg_logits, soft=False)
-        corrupted_mask, corrupted_dice = self.corrupted_samples(target)
         with autocast_ctx:
-            out["real"] = (self.model(images, real_mask).float().cpu().numpy(), real_dice.cpu().numpy())
-            out["corrupted"] = (self.model(images, corrupted_mask).float().cpu().numpy(), corrupted_dice.cpu().numpy())
+            for kind, (mask, dice) in masks.items():
+                out[kind] = (self.model(images, mask).float().cpu().numpy(), dice.cpu().numpy())
         self.model.train(was_training and not self.frozen)
         return out
+
+    def measure_batch(self, images: torch.Tensor, target: torch.Tensor, seg_logits: torch.Tensor,
+                      autocast_ctx, teacher_logits: Optional[torch.Tensor] = None) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+        """Predicted and true Dice on real predictions (and the teacher's) and on corrupted masks of one batch."""
+        return self.score_masks(images, self.measurement_masks(target, seg_logits, teacher_logits), autocast_ctx)
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
