@@ -194,7 +194,7 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
 
     def ssl_progress_panels(self) -> Dict[str, List[str]]:
         panels = super().ssl_progress_panels()
-        panels["quality predictor training loss (warm-up)"] = ["qg_train_loss"]
+        panels["quality predictor training loss (warm-up, refresh steps)"] = ["qg_train_loss"]
         panels["quality predictor on validation: MAE"] = ["qg_val_real_mae", "qg_val_teacher_mae",
                                                            "qg_val_corrupted_mae"]
         panels["quality predictor on validation: bias (predicted - true)"] = ["qg_val_real_bias",
