@@ -15,12 +15,13 @@ import json
 import shutil
 import sys
 import time
-from os.path import abspath, dirname, join
+from os.path import abspath, dirname, join, splitext
 
 import numpy as np
 import torch
 
 sys.path.insert(0, dirname(abspath(__file__)))
+from nnunet_qg.quality.metrics import finite_mean  # noqa: E402
 from common import (device_description, hippocampus_arguments, prepare_hippocampus, print_table,  # noqa: E402
                     train_fold0, write_json)
 
@@ -34,8 +35,7 @@ def row(when: str, variant: str, records: list) -> dict:
     out = {"when": when, "g": variant, "network val Dice": float(np.mean([r["val_pseudo_dice"] for r in records]))}
     for kind in ("real", "teacher", "corrupted"):
         for metric, column in (("mae", "MAE"), ("bias", "bias"), ("pearson", "r")):
-            values = np.array([r[variant][kind]["mean"][metric] for r in records], float)
-            out[f"{kind} {column}"] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+            out[f"{kind} {column}"] = finite_mean([r[variant][kind]["mean"][metric] for r in records])
     return out
 
 
@@ -65,7 +65,7 @@ def main() -> None:
     columns = ["when", "g", "network val Dice"] + [f"{k} {m}" for k in ("real", "teacher", "corrupted")
                                                    for m in ("MAE", "bias", "r")]
     table = print_table(table_rows(drift), columns)
-    plot = abspath(args.out)[:-len(".json")] + ".png" if args.out.endswith(".json") else abspath(args.out) + ".png"
+    plot = splitext(abspath(args.out))[0] + ".png"
     shutil.copyfile(join(fold, "quality_drift.png"), plot)
     write_json({"profile": args.profile, "device": device, "trainer": profile["trainer"], "table": table,
                 "drift": drift, "wall_time_s": time.time() - started, "plot": plot}, args.out)

@@ -32,7 +32,7 @@ import numpy as np
 
 from nnunet_qg.dataset_conversion.ssl_dataset import (ConversionError, check_split, random_split, read_id_list,
                                                       split_from_file, write_ssl_dataset)
-from nnunet_qg.dataset_conversion.volume_io import checked_label, read_h5_image_label, write_nifti_zyx
+from nnunet_qg.dataset_conversion.volume_io import checked_label, nifti_case_writer, read_h5_image_label
 
 SSL4MIS_LABELLED_LINES = {3: 68, 7: 136}  # patients -> lines of train_slices.list
 DEFAULT_SPACING = (5.0, 1.5, 1.5)  # z, y, x
@@ -136,13 +136,8 @@ def convert_acdc_ssl(folder: str, dataset_id: int, split: Dict[str, List[str]], 
     source = source or ACDCSource(folder)
     check_split(split, source.train + source.test, folder)
 
-    def write_case(case: str, image_folder: str, label_folder: Optional[str]) -> None:
-        image, label = source.volume(case)
-        write_nifti_zyx(image, spacing, join(image_folder, f"{case}_0000.nii.gz"))
-        if label_folder is not None:
-            write_nifti_zyx(label, spacing, join(label_folder, f"{case}.nii.gz"))
-
-    return write_ssl_dataset(dataset_id, name, split, write_case, channel_names={0: "cineMRI"}, labels=LABELS,
+    return write_ssl_dataset(dataset_id, name, split, nifti_case_writer(source.volume, spacing),
+                             channel_names={0: "cineMRI"}, labels=LABELS,
                              file_ending=".nii.gz", overwrite=overwrite,
                              reference="ACDC (Bernard et al. 2018), SSL4MIS h5 form",
                              description=f"spacing {list(spacing)} mm (z, y, x) given at conversion (h5 has none)")

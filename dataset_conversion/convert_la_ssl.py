@@ -10,13 +10,13 @@ resolution). Images are written as NIfTI (CASE_0000.nii.gz), labels as CASE.nii.
 import argparse
 import os
 from os.path import isdir, isfile, join
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List
 
 import numpy as np
 
 from nnunet_qg.dataset_conversion.ssl_dataset import (ConversionError, check_split, read_id_list, split_from_file,
                                                       write_ssl_dataset)
-from nnunet_qg.dataset_conversion.volume_io import checked_label, read_h5_image_label, write_nifti_zyx
+from nnunet_qg.dataset_conversion.volume_io import checked_label, nifti_case_writer, read_h5_image_label
 
 CASES_FOLDER = "2018LA_Seg_Training Set"
 DEFAULT_SPACING = (0.625, 0.625, 0.625)
@@ -44,13 +44,10 @@ LABELS = {"background": 0, "left_atrium": 1}
 
 
 def read_h5_case(path: str):
-    """Image and label of one case, x-y-z as stored."""
+    """Image and label of one case in z-y-x order (stored x-y-z)."""
     image, label = read_h5_image_label(path)
-    return image, checked_label(image, label, LABELS, path)
-
-
-def write_nifti(array_xyz: np.ndarray, spacing_xyz: Sequence[float], path: str) -> None:
-    write_nifti_zyx(np.transpose(array_xyz, (2, 1, 0)), list(spacing_xyz)[::-1], path)
+    label = checked_label(image, label, LABELS, path)
+    return np.transpose(image, (2, 1, 0)), np.transpose(label, (2, 1, 0))
 
 
 def convert_la_ssl(folder: str, dataset_id: int, split: Dict[str, List[str]], spacing=DEFAULT_SPACING,
@@ -58,12 +55,8 @@ def convert_la_ssl(folder: str, dataset_id: int, split: Dict[str, List[str]], sp
     lists = la_cases(folder)
     check_split(split, lists["train"] + lists["test"], join(folder, CASES_FOLDER))
 
-    def write_case(case: str, image_folder: str, label_folder: Optional[str]) -> None:
-        image, label = read_h5_case(join(folder, CASES_FOLDER, case, "mri_norm2.h5"))
-        write_nifti(image, spacing, join(image_folder, f"{case}_0000.nii.gz"))
-        if label_folder is not None:
-            write_nifti(label, spacing, join(label_folder, f"{case}.nii.gz"))
-
+    write_case = nifti_case_writer(lambda case: read_h5_case(join(folder, CASES_FOLDER, case, "mri_norm2.h5")),
+                                   list(spacing)[::-1])  # spacing is given x y z
     return write_ssl_dataset(dataset_id, name, split, write_case, channel_names={0: "MRI"},
                              labels=LABELS, file_ending=".nii.gz",
                              overwrite=overwrite, reference="2018 Atrial Segmentation Challenge (h5 form of UA-MT)",

@@ -1,5 +1,6 @@
 """Volume I/O shared by the h5-based converters (LA, ACDC): read image + label, check labels, write NIfTI."""
-from typing import Dict, Sequence
+from os.path import join
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,3 +36,15 @@ def write_nifti_zyx(array: np.ndarray, spacing_zyx: Sequence[float], path: str) 
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(tuple(float(s) for s in reversed(spacing_zyx)))
     sitk.WriteImage(image, path)
+
+
+def nifti_case_writer(read_case: Callable[[str], Tuple[np.ndarray, np.ndarray]], spacing_zyx: Sequence[float]
+                      ) -> Callable[[str, str, Optional[str]], None]:
+    """`write_case` for write_ssl_dataset: `read_case(case)` gives the z-y-x image and label; the image
+    is written as CASE_0000.nii.gz, the label (labelled and test cases only) as CASE.nii.gz."""
+    def write_case(case: str, image_folder: str, label_folder: Optional[str]) -> None:
+        image, label = read_case(case)
+        write_nifti_zyx(image, spacing_zyx, join(image_folder, f"{case}_0000.nii.gz"))
+        if label_folder is not None:
+            write_nifti_zyx(label, spacing_zyx, join(label_folder, f"{case}.nii.gz"))
+    return write_case

@@ -22,7 +22,6 @@ from batchgenerators.utilities.file_and_folder_operations import join
 
 from nnunet_qg.atomic import atomic_write_json
 from nnunet_qg.plotting import plot_progress_panels
-from nnunet_qg.quality.network import QualityPredictor
 from nnunet_qg.quality.training import QualityPredictorTrainer
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
 from nnunet_qg.trainers.short_schedule import ShortSchedule
@@ -45,20 +44,11 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
         self.drift_history: List[dict] = []
         self._drift_val: List[Dict[str, dict]] = []
 
-    def _new_quality_trainer(self, real_fraction: float, seed_offset: int) -> QualityPredictorTrainer:
-        model = QualityPredictor(self.num_input_channels, len(self.label_manager.foreground_labels),
-                                 self.configuration_manager.patch_size, self.quality_features).to(self.device)
-        return QualityPredictorTrainer(
-            model, self.label_manager.foreground_labels, self.label_manager.all_labels, self.quality_lr,
-            self.quality_weight_decay, real_fraction, self.quality_soft_fraction,
-            self.quality_category_probabilities, seed=self.quality_seed + seed_offset + 1000 * self.local_rank,
-            masks_per_sample=self.quality_masks_per_sample)
-
     def initialize(self):
         if self.is_ddp:
             raise RuntimeError(f"{self.__class__.__name__} is a single-GPU benchmark trainer; run it without -num_gpus.")
         super().initialize()
-        self.corruptions_only = self._new_quality_trainer(real_fraction=0.0, seed_offset=1)
+        self.corruptions_only = self.new_quality_trainer(real_fraction=0.0, seed_offset=1)
 
     def variants(self) -> Dict[str, QualityPredictorTrainer]:
         """The three g; during the warm-up `refreshed` is still the paper's g itself."""
@@ -68,7 +58,7 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
     def on_train_epoch_start(self):
         super().on_train_epoch_start()  # freezes self.quality when the warm-up ends
         if self.quality.frozen and self.refreshed is None:
-            self.refreshed = self._new_quality_trainer(self.quality_refresh_real_fraction, seed_offset=2)
+            self.refreshed = self.new_quality_trainer(self.quality_refresh_real_fraction, seed_offset=2)
             # a frozen copy (refresh steps unfreeze it briefly); deep: torch's optimizer would share its buffers
             self.refreshed.load_state_dict(copy.deepcopy(self.quality.state_dict()))
         if self.quality.frozen and not self.corruptions_only.frozen:
@@ -140,7 +130,7 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
         if "corruptions_only" in state:
             self.corruptions_only.load_state_dict(state["corruptions_only"])
         if "refreshed" in state:
-            self.refreshed = self._new_quality_trainer(self.quality_refresh_real_fraction, seed_offset=2)
+            self.refreshed = self.new_quality_trainer(self.quality_refresh_real_fraction, seed_offset=2)
             self.refreshed.load_state_dict(state["refreshed"])
 
 

@@ -18,12 +18,10 @@ from nnunet_qg.networks import highest_resolution
 from nnunet_qg.atomic import atomic_write_json
 from nnunet_qg.plotting import plot_calibration
 from nnunet_qg.quality.metrics import agreement_per_label
-from nnunet_qg.quality.network import QualityPredictor, save_quality_predictor
+from nnunet_qg.quality.network import QUALITY_PREDICTOR_FILE, QualityPredictor, save_quality_predictor
 from nnunet_qg.quality.training import QualityPredictorTrainer
 from nnunet_qg.ramps import sigmoid_rampup
 from nnunet_qg.trainers.nnUNetTrainerSSL import StepValue, nnUNetTrainerSSL
-
-QUALITY_PREDICTOR_FILE = "quality_predictor.pth"
 
 
 class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
@@ -72,13 +70,18 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
                 f"{'regions' if self.label_manager.has_regions else 'an ignore label'}. Train it with "
                 f"nnUNetTrainerSSL or remove them from dataset.json.")
         super().initialize()
+        self.quality = self.new_quality_trainer(self.quality_real_fraction)
+
+    def new_quality_trainer(self, real_fraction: float, seed_offset: int = 0) -> QualityPredictorTrainer:
+        """A fresh g for this plan and its trainer, with the trainer's quality_* settings (under DDP g's
+        updates are synchronised)."""
         model = QualityPredictor(self.num_input_channels, len(self.label_manager.foreground_labels),
                                  self.configuration_manager.patch_size, self.quality_features).to(self.device)
-        train_model = DDP(model, device_ids=[self.local_rank]) if self.is_ddp else model  # synchronised updates
-        self.quality = QualityPredictorTrainer(
+        train_model = DDP(model, device_ids=[self.local_rank]) if self.is_ddp else model
+        return QualityPredictorTrainer(
             model, self.label_manager.foreground_labels, self.label_manager.all_labels, self.quality_lr,
-            self.quality_weight_decay, self.quality_real_fraction, self.quality_soft_fraction,
-            self.quality_category_probabilities, seed=self.quality_seed + 1000 * self.local_rank,
+            self.quality_weight_decay, real_fraction, self.quality_soft_fraction,
+            self.quality_category_probabilities, seed=self.quality_seed + seed_offset + 1000 * self.local_rank,
             train_model=train_model, masks_per_sample=self.quality_masks_per_sample)
 
     # ------------------------------------------------------------------ schedule

@@ -25,6 +25,7 @@ from torch import distributed as dist
 from nnunet_qg.ema import EMATeacher
 from nnunet_qg.networks import highest_resolution, set_deep_supervision, unwrap_network
 from nnunet_qg.plotting import plot_progress_panels
+from nnunet_qg.quality.metrics import finite_mean
 from nnunet_qg.ramps import sigmoid_rampup
 from nnunet_qg.unlabeled.data_loader import (make_augmenter, nnUNetUnlabeledDataLoader,
                                              nnUNetUnlabeledDatasetBlosc2, shard_for_rank, worker_seeds)
@@ -237,8 +238,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         outputs = collate_outputs(train_outputs)
         parts = []
         for key in self.ssl_log_keys:
-            values = np.asarray(outputs[key], dtype=float)  # steps where a value does not apply log nan
-            value = float(values[np.isfinite(values)].mean()) if np.isfinite(values).any() else float("nan")
+            value = finite_mean(outputs[key])  # steps where a value does not apply log nan
             if self.is_ddp:
                 gathered = [None] * dist.get_world_size()
                 dist.all_gather_object(gathered, value)

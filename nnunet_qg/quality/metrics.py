@@ -23,11 +23,13 @@ def agreement_per_label(predicted: np.ndarray, true: np.ndarray, label_names) ->
     """`agreement` for each column of (N, L) arrays, plus 'mean' over labels."""
     per_label = {str(name): agreement(predicted[:, i], true[:, i]) for i, name in enumerate(label_names)}
     keys = ("mae", "bias", "pearson", "spearman")
-    per_label["mean"] = {k: _mean_ignoring_nan([v[k] for v in per_label.values()]) for k in keys}
+    per_label["mean"] = {k: finite_mean([v[k] for v in per_label.values()]) for k in keys}
     per_label["mean"]["n"] = int(len(true))
     return per_label
 
 
-def _mean_ignoring_nan(values) -> float:
-    finite = [v for v in values if np.isfinite(v)]
-    return float(np.mean(finite)) if finite else float("nan")
+def finite_mean(values) -> float:
+    """Mean of the finite values (nan marks 'does not apply' or 'undefined'); nan if there are none."""
+    values = np.asarray(values, dtype=float)
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")

@@ -11,6 +11,8 @@ import torch
 from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
 from torch import nn
 
+QUALITY_PREDICTOR_FILE = "quality_predictor.pth"  # g's own file in a fold folder (end of the warm-up)
+
 
 def encoder_strides(patch_size: Sequence[int], num_stages: int) -> List[List[int]]:
     """Stride 2 along every axis still at least 8 voxels long, from the first stage on.

@@ -5,7 +5,7 @@ network's own current predictions on the same patches (detached), each with its 
 """
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -27,6 +27,13 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
+
+
+def _completed(function: Callable, *args) -> Future:
+    """`function(*args)`, run now, as a finished Future."""
+    future = Future()
+    future.set_result(function(*args))
+    return future
 
 
 class QualityPredictorTrainer:
@@ -85,14 +92,10 @@ class QualityPredictorTrainer:
         if self.num_threads > 1 and draws * len(maps) > 1:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.num_threads)
-            return [[self._pool.submit(corrupt, i, seeds[d, i]) for i in range(len(maps))] for d in range(draws)]
-        done = []
-        for d in range(draws):
-            done.append([])
-            for i in range(len(maps)):
-                done[-1].append(Future())
-                done[-1][-1].set_result(corrupt(i, seeds[d, i]))
-        return done
+            submit = self._pool.submit
+        else:
+            submit = _completed  # one thread: computed right away
+        return [[submit(corrupt, i, seeds[d, i]) for i in range(len(maps))] for d in range(draws)]
 
     def corrupted_draws(self, target: torch.Tensor, draws: int, started: Optional[List[List[Future]]] = None
                         ) -> List[Tuple[torch.Tensor, torch.Tensor]]:

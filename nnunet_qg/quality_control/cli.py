@@ -60,9 +60,8 @@ def run_quality_control(args) -> List[dict]:
     scores: Dict[str, np.ndarray] = {}
     volumes, truth = {}, ({} if args.reference else None)
     for case, image_files in tqdm(cases.items(), desc="Scoring", disable=not sys.stdout.isatty()):
-        seg_file = segmentation_file_for(case, segmentations, file_ending)
-        scores[case] = scorer.score(image_files, seg_file)
-        seg, properties = reader().read_seg(seg_file)
+        seg, properties = reader().read_seg(segmentation_file_for(case, segmentations, file_ending))
+        scores[case] = scorer.score(image_files, seg)
         volumes[case] = label_volumes(seg, properties["spacing"], labels)
         if truth is not None:
             ref_file = join(args.reference, case + file_ending)

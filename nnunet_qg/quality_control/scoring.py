@@ -19,10 +19,8 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_qg.quality.network import QualityPredictor, load_quality_predictor
+from nnunet_qg.quality.network import QUALITY_PREDICTOR_FILE, QualityPredictor, load_quality_predictor
 from nnunet_qg.quality.training import one_hot_foreground
-
-QUALITY_PREDICTOR_FILE = "quality_predictor.pth"
 
 
 class QualityControlError(RuntimeError):
@@ -73,10 +71,13 @@ class CaseScorer:
         self.models = load_fold_predictors(model_folder, folds, device)
         self.device, self.step, self.batch_size = device, step, batch_size
 
-    def preprocess(self, image_files: List[str], segmentation_file: str):
-        """Image and segmentation in the model's preprocessed space (nnU-Net's own preprocessing)."""
-        data, seg, _ = self.preprocessor.run_case(image_files, segmentation_file, self.plans_manager,
-                                                  self.configuration_manager, self.dataset_json)
+    def preprocess(self, image_files: List[str], seg: np.ndarray):
+        """Image and segmentation in the model's preprocessed space: nnU-Net's own preprocessing (what
+        its run_case does) of the images, read here, and of `seg` as the reader's read_seg gives it
+        (left unchanged: the preprocessing works on a copy)."""
+        data, properties = self.plans_manager.image_reader_writer_class().read_images(image_files)
+        data, seg, _ = self.preprocessor.run_case_npy(data, seg.copy(), properties, self.plans_manager,
+                                                      self.configuration_manager, self.dataset_json)
         return data.astype(np.float32), seg
 
     @torch.no_grad()
@@ -98,9 +99,10 @@ class CaseScorer:
             scores.append(predicted.cpu().numpy())
         return np.concatenate(scores), np.concatenate(counts)
 
-    def score(self, image_files: List[str], segmentation_file: str) -> np.ndarray:
-        """Predicted Dice of each foreground label of one case (see the module docstring)."""
-        scores, counts = self.window_scores(*self.preprocess(image_files, segmentation_file))
+    def score(self, image_files: List[str], seg: np.ndarray) -> np.ndarray:
+        """Predicted Dice of each foreground label of one case (see the module docstring); `seg` as
+        read_seg of the model's reader gives it."""
+        scores, counts = self.window_scores(*self.preprocess(image_files, seg))
         total = counts.sum(0)
         weighted = (scores * counts).sum(0) / np.maximum(total, 1)
         return np.where(total > 0, weighted, scores.mean(0)).astype(np.float32)
