@@ -42,10 +42,9 @@ def run(cmd: List[str], env: Dict[str, str]) -> None:
     subprocess.run(cmd, env=env, check=True)
 
 
-def prepare_hippocampus(data: str, work: str, max_unlabelled: int, device_type: str) -> Dict[str, str]:
-    """Convert the shared Hippocampus data with its 10 % split (20 labelled cases) as Dataset004 under
-    `work`, plan and preprocess it, preprocess the unlabelled cases; returns the nnU-Net environment
-    (on a CPU: in-process data augmentation, 2 processes, no compilation, unless set already)."""
+def hippocampus_environment(work: str, device_type: str) -> Dict[str, str]:
+    """The nnU-Net environment of a benchmark's work folder (also set in this process; on a CPU:
+    in-process data augmentation, 2 processes, no compilation, unless set already)."""
     work = abspath(work)
     env = dict(os.environ)
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -54,6 +53,14 @@ def prepare_hippocampus(data: str, work: str, max_unlabelled: int, device_type: 
     if device_type == "cpu":
         env.update({k: env.get(k, v) for k, v in (("nnUNet_n_proc_DA", "0"), ("nnUNet_def_n_proc", "2"),
                                                   ("nnUNet_compile", "f"))})
+    return env
+
+
+def prepare_hippocampus(data: str, work: str, max_unlabelled: int, device_type: str) -> Dict[str, str]:
+    """Convert the shared Hippocampus data with its 10 % split (20 labelled cases) as Dataset004 under
+    `work`, plan and preprocess it, preprocess the unlabelled cases; returns the nnU-Net environment
+    (hippocampus_environment)."""
+    env = hippocampus_environment(work, device_type)
     run(["nnUNetv2_convert_MSD_ssl", "-i", data, "-d", "4", "--split-file", join(data, "ssl_splits.json"),
          "--labelled-set", "10pct", "--max-unlabelled", str(max_unlabelled), "--overwrite"], env)
     run(["nnUNetv2_plan_and_preprocess", "-d", "4", "-c", "3d_fullres", "-np", env.get("nnUNet_def_n_proc", "8")],
@@ -62,19 +69,25 @@ def prepare_hippocampus(data: str, work: str, max_unlabelled: int, device_type: 
     return env
 
 
-def hippocampus_arguments(description: str, profiles: Dict[str, dict], work: str, out: str) -> argparse.Namespace:
+def hippocampus_arguments(description: str, profiles: Dict[str, dict], work: str, out: str,
+                          reuse: bool = False) -> argparse.Namespace:
     """--profile (a key of `profiles`), --data (the shared Hippocampus data), --work and --out
-    (defaults benchmark_results/<work> and benchmark_results/<out>)."""
+    (defaults benchmark_results/<work> and benchmark_results/<out>); with `reuse`, --reuse (measure
+    the fold already trained in --work again: no conversion, no training)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--profile", choices=profiles, default="cpu")
     parser.add_argument("--data", default=join(dirname(dirname(abspath(__file__))), "..", "shared", "data", "hippocampus"))
     parser.add_argument("--work", default=f"benchmark_results/{work}")
     parser.add_argument("--out", default=f"benchmark_results/{out}")
+    if reuse:
+        parser.add_argument("--reuse", action="store_true",
+                            help="measure the fold already trained in --work again (no conversion, no training)")
     return parser.parse_args()
 
 
-def train_fold0(trainer: str, device_type: str, work: str, env: Dict[str, str]) -> str:
-    """nnUNetv2_train Dataset004 3d_fullres fold 0 with `trainer`; returns the fold folder."""
-    run(["nnUNetv2_train", "4", "3d_fullres", "0", "-tr", trainer, "-device", device_type], env)
+def train_fold0(trainer: str, device_type: str, work: str, env: Dict[str, str], train: bool = True) -> str:
+    """nnUNetv2_train Dataset004 3d_fullres fold 0 with `trainer` (unless not `train`); returns the fold folder."""
+    if train:
+        run(["nnUNetv2_train", "4", "3d_fullres", "0", "-tr", trainer, "-device", device_type], env)
     return join(abspath(work), "nnUNet_results", "Dataset004_Hippocampus", f"{trainer}__nnUNetPlans__3d_fullres",
                 "fold_0")

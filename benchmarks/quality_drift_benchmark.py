@@ -10,8 +10,14 @@ nnUNetTrainerQGSSL_gFrozen's, refreshed = nnUNetTrainerQGSSL's, corruptions-only
 masks: the network's real predictions, the EMA teacher's (what PL-QW weights) and corrupted ground
 truth. Prints MAE / bias / Pearson per g at the end of the warm-up and at the end of training,
 writes all epochs to JSON; the curves are in the fold folder's quality_drift.png.
+
+Then every g as it was at the end of training, and the network's own expected Dice, are judged on
+whole held-out cases: the 60 test cases, predicted by the final network (per-case MAE / bias /
+Pearson / Spearman, and a predicted-vs-true scatter plot `<out>_test_cases.png`). The validation
+patches come from 4 cases only; the test cases are the steadier ranking measurement.
 """
 import json
+import os
 import shutil
 import sys
 import time
@@ -21,13 +27,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, dirname(abspath(__file__)))
-from nnunet_qg.quality.metrics import finite_mean  # noqa: E402
-from common import (device_description, hippocampus_arguments, prepare_hippocampus, print_table,  # noqa: E402
-                    train_fold0, write_json)
+from nnunet_qg.plotting import plot_calibration  # noqa: E402
+from nnunet_qg.quality.metrics import agreement_per_label, finite_mean  # noqa: E402
+from nnunet_qg.quality.network import load_quality_predictor  # noqa: E402
+from nnunet_qg.quality_control.case_agreement import (SELF_ESTIMATE, agreement_on_cases,  # noqa: E402
+                                                      true_dice_spread, without_pairs)
+from nnunet_qg.trainers.nnUNetTrainerQGDrift import DRIFT_PREDICTORS, DRIFT_VARIANTS, drift_predictor_file  # noqa: E402
+from common import (device_description, hippocampus_arguments, hippocampus_environment,  # noqa: E402
+                    prepare_hippocampus, print_table, train_fold0, write_json)
 
 PROFILES = {"cpu": {"trainer": "nnUNetTrainerQGDrift_cpuBench", "device": "cpu", "max_unlabelled": 8},
             "gpu": {"trainer": "nnUNetTrainerQGDrift_gpuBench", "device": "cuda", "max_unlabelled": 16}}
-VARIANTS = ("frozen", "refreshed", "corruptions_only")
 
 
 def row(when: str, variant: str, records: list) -> dict:
@@ -46,15 +56,39 @@ def table_rows(drift: dict) -> list:
     picked = [(f"end of warm-up (epoch {w - 1})", epochs[w - 1:w]),
               (f"last epoch ({epochs[-1]['epoch']})", epochs[-1:]),
               (f"mean of epochs {w}-{epochs[-1]['epoch']}", epochs[w:])]
-    return [row(when, variant, records) for when, records in picked for variant in VARIANTS]
+    return [row(when, variant, records) for when, records in picked for variant in DRIFT_VARIANTS]
+
+
+def judge_on_test_cases(fold: str, device: torch.device, plot: str) -> dict:
+    """Every g exported at the end of training, and the network's self-estimate, on the test cases."""
+    raw = join(os.environ["nnUNet_raw"], "Dataset004_Hippocampus")
+    predictors = {name: load_quality_predictor(join(fold, drift_predictor_file(name)), device)
+                  for name in DRIFT_PREDICTORS}
+    results = agreement_on_cases(dirname(fold), 0, "checkpoint_final.pth", join(raw, "imagesTs"),
+                                 join(raw, "labelsTs"), predictors, device)
+    names = sorted({k for r in results.values() for k in r if k not in ("pairs", "mean")})
+    # does g add anything to the network's own estimate? their plain mean, no fitting
+    truth = results[SELF_ESTIMATE]["pairs"][1]
+    blend = 0.5 * (results["refreshed"]["pairs"][0] + results[SELF_ESTIMATE]["pairs"][0])
+    results["mean of refreshed and self_estimate"] = {"pairs": (blend, truth),
+                                                      **agreement_per_label(blend, truth, names)}
+    summary = without_pairs(results)
+    plot_calibration({k: r["pairs"] for k, r in results.items()}, names, summary, plot,
+                     "Whole test cases predicted by the final network: predicted vs true Dice")
+    rows = [{"g": name, "label": label, **{m: summary[name][label][m] for m in ("n", "mae", "bias", "pearson",
+                                                                               "spearman")}}
+            for name in results for label in names + ["mean"]]
+    return {"rows": rows, "agreement": summary, "true_dice": true_dice_spread(results, names)}
 
 
 def main() -> None:
-    args = hippocampus_arguments(__doc__.split("\n\n")[0], PROFILES, "quality_drift_work", "quality_drift.json")
+    args = hippocampus_arguments(__doc__.split("\n\n")[0], PROFILES, "quality_drift_work", "quality_drift.json",
+                                 reuse=True)
     profile = PROFILES[args.profile]
     started = time.time()
-    env = prepare_hippocampus(args.data, args.work, profile["max_unlabelled"], profile["device"])
-    fold = train_fold0(profile["trainer"], profile["device"], args.work, env)
+    env = hippocampus_environment(args.work, profile["device"]) if args.reuse else \
+        prepare_hippocampus(args.data, args.work, profile["max_unlabelled"], profile["device"])
+    fold = train_fold0(profile["trainer"], profile["device"], args.work, env, train=not args.reuse)
     with open(join(fold, "quality_drift.json")) as f:
         drift = json.load(f)
     device = device_description(torch.device(profile["device"]))
@@ -67,8 +101,17 @@ def main() -> None:
     table = print_table(table_rows(drift), columns)
     plot = splitext(abspath(args.out))[0] + ".png"
     shutil.copyfile(join(fold, "quality_drift.png"), plot)
+    cases_plot = splitext(abspath(args.out))[0] + "_test_cases.png"
+    cases = judge_on_test_cases(fold, torch.device(profile["device"]), cases_plot)
+    spread = ", ".join(f"label {k}: {v['mean']:.3f} +- {v['std']:.3f} ({v['min']:.3f}-{v['max']:.3f})"
+                       for k, v in cases["true_dice"].items())
+    print(f"\nThe same g at the end of training, and the network's own expected Dice (self_estimate), on the "
+          f"{cases['rows'][0]['n']} test cases predicted by the final network (true Dice {spread}):")
+    cases_table = print_table(cases["rows"], ["g", "label", "n", "mae", "bias", "pearson", "spearman"])
+    print("\nDrift on the validation patches (above the test cases):\n" + table)
     write_json({"profile": args.profile, "device": device, "trainer": profile["trainer"], "table": table,
-                "drift": drift, "wall_time_s": time.time() - started, "plot": plot}, args.out)
+                "drift": drift, "test_cases": cases, "test_cases_table": cases_table,
+                "reused_trained_fold": args.reuse, "wall_time_s": time.time() - started, "plot": plot, "test_cases_plot": cases_plot}, args.out)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import torch
 from conftest import HIPPOCAMPUS, requires_hippocampus, train_on_corruptions
 from nnunet_qg.phantom import make_phantom_case
 from nnunet_qg.quality.network import QualityPredictor, load_quality_predictor, save_quality_predictor
-from nnunet_qg.quality.training import QualityPredictorTrainer, one_hot_foreground
+from nnunet_qg.quality.training import (QualityPredictorTrainer, one_hot_foreground, pairwise_ranking_loss,
+                                        upsampled_predictions)
 from nnunet_qg.quality.metrics import agreement
 
 
@@ -119,3 +120,35 @@ def test_corrupted_samples_do_not_depend_on_thread_count():
                                           num_threads=threads)
         results.append(trainer.corrupted_samples(targets))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_pairwise_ranking_loss_penalises_wrong_order_and_too_small_gaps_only():
+    true = torch.tensor([[0.9], [0.5], [0.1]])
+    assert pairwise_ranking_loss(torch.tensor([[0.95], [0.5], [0.05]]), true) == 0  # right order, wider gaps
+    assert pairwise_ranking_loss(torch.tensor([[0.9], [0.5], [0.1]]), true) == 0  # exact
+    too_flat = pairwise_ranking_loss(torch.tensor([[0.6], [0.5], [0.4]]), true)
+    reversed_order = pairwise_ranking_loss(torch.tensor([[0.1], [0.5], [0.9]]), true)
+    assert 0 < too_flat < reversed_order
+    assert pairwise_ranking_loss(torch.tensor([[0.2], [0.7]]), torch.tensor([[0.8], [0.805]])) == 0  # gap < min_gap
+    predicted = torch.tensor([[0.5], [0.5]], requires_grad=True)
+    pairwise_ranking_loss(predicted, torch.tensor([[0.9], [0.1]])).backward()
+    assert predicted.grad[0, 0] < 0 < predicted.grad[1, 0]  # descent raises the better mask, lowers the worse
+
+
+def test_upsampled_predictions_and_a_ranked_step_on_several_scales():
+    outputs = [torch.randn(2, 3, 16, 16, 16), torch.randn(2, 3, 8, 8, 8), torch.randn(2, 3, 4, 4, 4),
+               torch.randn(2, 3, 2, 2, 2)]
+    scaled = upsampled_predictions(outputs, 3)
+    assert len(scaled) == 3 and scaled[0] is outputs[0]
+    assert all(s.shape == outputs[0].shape for s in scaled)
+    assert len(upsampled_predictions(outputs[:2], 3)) == 2
+    g = QualityPredictor(1, 2, (16, 16, 16))
+    trainer = QualityPredictorTrainer(g, [1, 2], [0, 1, 2], real_fraction=1.0, num_threads=1, masks_per_sample=3,
+                                      ranking_weight=1.0)
+    target = torch.zeros(2, 1, 16, 16, 16, dtype=torch.long)
+    target[:, :, 4:10, 4:10, 4:10] = 1
+    target[:, :, 10:14, 4:10, 4:10] = 2
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    loss = trainer.train_step(torch.randn(2, 1, 16, 16, 16), target, scaled, torch.autocast("cpu", enabled=False))
+    assert torch.isfinite(loss) and loss > 0
+    assert not all(torch.equal(before[k], v) for k, v in g.state_dict().items())

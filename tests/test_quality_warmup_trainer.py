@@ -7,6 +7,8 @@ import torch
 
 from conftest import PHANTOM_ID, kill_after_first_checkpoint, run_cli
 from nnunet_qg.quality.network import load_quality_predictor
+from nnunet_qg.quality_control.case_agreement import SELF_ESTIMATE, agreement_on_cases
+from nnunet_qg.trainers.nnUNetTrainerQGDrift import DRIFT_VARIANTS, drift_predictor_file
 
 DATASET = f"Dataset{PHANTOM_ID:03d}_Phantom"
 TRAINER = "nnUNetTrainerQGWarmup_debug"  # 4 epochs x 3 iterations, warm-up = epochs 0 and 1
@@ -59,25 +61,44 @@ def test_warmup_measures_the_teacher_and_the_bias(phantom_env):
     assert set(report) == {"real", "teacher", "corrupted", "epoch"}
 
 
-def test_drift_trainer_judges_three_quality_predictors_side_by_side(phantom_env):
-    """Frozen, refreshed and corruptions-only g on one network run; state survives in the checkpoint."""
+def test_drift_trainer_judges_quality_predictors_side_by_side(phantom_env):
+    """Five g and the network's self-estimate on one network run; state survives in the checkpoint;
+    every g is exported at the end and judged on whole held-out cases."""
     trainer = "nnUNetTrainerQGDrift_debug"  # 4 epochs x 3 iterations, warm-up = epochs 0 and 1
     fold = Path(phantom_env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
     run_cli(["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], phantom_env)
     drift = json.loads((fold / "quality_drift.json").read_text())
     assert [e["epoch"] for e in drift["epochs"]] == [0, 1, 2, 3] and drift["warmup_epochs"] == 2
     for epoch in drift["epochs"]:
-        for variant in ("frozen", "refreshed", "corruptions_only"):
+        for variant in DRIFT_VARIANTS:
             assert set(epoch[variant]) == {"real", "teacher", "corrupted"}
         if epoch["warmup"]:  # until the warm-up ends the refreshed g is the paper's g itself
             assert epoch["refreshed"] == epoch["frozen"]
+        assert 0 <= epoch["self_estimate"]["real"]["mean"]["mae"] <= 1
     assert drift["epochs"][-1]["refreshed"] != drift["epochs"][-1]["frozen"]
+    assert drift["epochs"][-1]["ranked"] != drift["epochs"][-1]["frozen"]
     assert (fold / "quality_drift.png").stat().st_size > 1000
 
     state = torch.load(fold / "checkpoint_final.pth", weights_only=False)["ssl_state"]
-    steps = {name: {int(s["step"]) for s in state[key]["optimizer"]["state"].values()}
-             for name, key in (("frozen", "quality"), ("refreshed", "refreshed"), ("corruptions_only", "corruptions_only"))}
-    # warm-up: 2 epochs x 3 iterations for every g; afterwards only the refreshed g learns (every 2nd of 6 steps)
-    assert steps == {"frozen": {6}, "corruptions_only": {6}, "refreshed": {9}}
-    assert state["quality"]["frozen"] and state["corruptions_only"]["frozen"] and state["refreshed"]["frozen"]
+    trainers = {"frozen": state["quality"], "refreshed": state["refreshed"], **state["drift_extra"]}
+    steps = {name: {int(s["step"]) for s in t["optimizer"]["state"].values()} for name, t in trainers.items()}
+    # warm-up: 2 epochs x 3 iterations for every g; afterwards the refreshed ones learn every 2nd of 6 steps
+    assert steps == {"frozen": {6}, "corruptions_only": {6}, "refreshed": {9}, "ranked": {9},
+                     "ranked_multiscale": {9}}
+    assert all(t["frozen"] for t in trainers.values())
     assert len(state["drift_history"]) == 4
+    for name, t in trainers.items():  # exported at the end of training, as they were then
+        exported = load_quality_predictor(str(fold / drift_predictor_file(name))).state_dict()
+        assert all(torch.equal(v, t["model"][k]) for k, v in exported.items())
+
+    raw = Path(phantom_env["nnUNet_raw"]) / DATASET
+    predictors = {name: load_quality_predictor(str(fold / drift_predictor_file(name))) for name in ("frozen", "ranked")}
+    cases = agreement_on_cases(str(fold.parent), 0, "checkpoint_final.pth", str(raw / "imagesTs"),
+                               str(raw / "labelsTs"), predictors, torch.device("cpu"))
+    assert set(cases) == {"frozen", "ranked", SELF_ESTIMATE}
+    for name, result in cases.items():
+        predicted, true = result["pairs"]
+        assert predicted.shape == true.shape == (2, 2)  # 2 test cases x 2 labels
+        assert ((0 <= predicted) & (predicted <= 1)).all() and ((0 <= true) & (true <= 1)).all()
+        assert result["mean"]["n"] == 2 and np.isfinite(result["mean"]["mae"])
+    assert not np.allclose(cases["frozen"]["pairs"][0], cases["ranked"]["pairs"][0])

@@ -8,6 +8,7 @@ import SimpleITK as sitk
 import torch
 
 from conftest import PHANTOM_ID, run_cli
+from nnunet_qg.quality.network import QUALITY_PREDICTOR_FILE, load_quality_predictor
 
 DATASET = f"Dataset{PHANTOM_ID:03d}_Phantom"
 TRAINERS = ["nnUNetTrainerQGSSL_debug", "nnUNetTrainerQGSSL_PLQW_debug", "nnUNetTrainerQGSSL_QAR_debug",
@@ -45,6 +46,9 @@ def test_trainer_end_to_end(phantom_env, tmp_path, trainer):
             assert math.isnan(log["ssl_loss_qar"][1]) and np.isfinite(log["ssl_loss_qar"][2:]).all()
     if trainer == "nnUNetTrainerQGSSL_debug":  # g kept learning after the warm-up (every 2nd step)
         assert np.isfinite(log["qg_train_loss"]).all() and final["ssl_state"]["quality"]["frozen"] is True
+        # ... and quality control gets that g, not the warm-up's
+        exported = load_quality_predictor(str(fold / QUALITY_PREDICTOR_FILE)).state_dict()
+        assert all(torch.equal(v, final["ssl_state"]["quality"]["model"][k]) for k, v in exported.items())
     if trainer == "nnUNetTrainerQGSSL_gFrozen_debug":  # the paper's g: no step after the warm-up epoch
         assert np.isfinite(log["qg_train_loss"][0]) and np.isnan(log["qg_train_loss"][1:]).all()
     if trainer == "nnUNetTrainerFixMatch_debug":

@@ -1,6 +1,6 @@
 """Benchmark trainer: does the quality predictor drift once frozen, and which g follows the network?
 
-Supervised nnU-Net training (no unlabelled loss) with three quality predictors trained and judged
+Supervised nnU-Net training (no unlabelled loss) with several quality predictors trained and judged
 side by side, on the same network run, the same validation patches and the same masks:
 
 - `frozen`: the paper's g (corrupted ground truth + the network's own predictions during the
@@ -9,12 +9,19 @@ side by side, on the same network run, the same validation patches and the same 
   `drift_refresh_every` iterations on the labelled batch (what nnUNetTrainerQGSSL does).
 - `corruptions_only`: trained during the warm-up on corrupted ground truth only (it never sees the
   network's predictions, so it cannot learn what an early prediction looks like), then frozen.
+- `ranked`: like `refreshed`, with a pairwise ranking term added to g's loss from the first step.
+- `ranked_multiscale`: like `ranked`, and its real predictions also include the network's
+  upsampled deep-supervision outputs (realistic predictions of lower quality, at no extra pass).
+- `self_estimate` (no g): the network's own expected Dice of a mask, the soft Dice between the mask
+  and the network's softmax (the teacher's for the teacher's masks): what g has to beat.
 
-At every validation each g is judged on the network's real predictions, the EMA teacher's
+At every validation each is judged on the network's real predictions, the EMA teacher's
 predictions (what PL-QW weights) and corrupted masks: `quality_drift.json` and `quality_drift.png`
-in the fold folder. `benchmarks/quality_drift_benchmark.py` runs it on the shared Hippocampus split.
+in the fold folder. At the end every g is exported (`quality_predictor_<variant>.pth`) so that
+`benchmarks/quality_drift_benchmark.py` can also judge them on whole held-out test cases.
 """
 import copy
+from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
@@ -22,16 +29,33 @@ from batchgenerators.utilities.file_and_folder_operations import join
 
 from nnunet_qg.atomic import atomic_write_json
 from nnunet_qg.plotting import plot_progress_panels
+from nnunet_qg.quality.dice import soft_dice_per_label
+from nnunet_qg.quality.network import save_quality_predictor
 from nnunet_qg.quality.training import QualityPredictorTrainer
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
 from nnunet_qg.trainers.short_schedule import ShortSchedule
 
 DRIFT_FILE = "quality_drift.json"
-DRIFT_VARIANTS = ("frozen", "refreshed", "corruptions_only")
+DRIFT_PREDICTORS = ("frozen", "refreshed", "corruptions_only", "ranked", "ranked_multiscale")
+DRIFT_VARIANTS = DRIFT_PREDICTORS + ("self_estimate",)
+
+
+def drift_predictor_file(variant: str) -> str:
+    """The file a drift variant's g is exported to at the end of training (in the fold folder)."""
+    return f"quality_predictor_{variant}.pth"
+
+
+@dataclass
+class ExtraPredictor:
+    """A g trained from the warm-up's first step with its own settings, beside the paper's."""
+
+    quality: QualityPredictorTrainer
+    scales: int = 1  # quality_prediction_scales of this g
+    refresh: bool = True  # after the warm-up: a step every drift_refresh_every iterations (else frozen)
 
 
 class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
-    """nnU-Net training + three quality predictors (frozen, refreshed, corruptions-only) judged side by side."""
+    """nnU-Net training + several quality predictors and the network's self-estimate judged side by side."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -39,7 +63,9 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
         self.unlabeled_loss_weight = 0.0  # the network trains as plain nnU-Net: g's drift alone is measured
         self.quality_warmup_fraction = 0.075  # nnUNetTrainerQGSSL's
         self.drift_refresh_every = 2  # nnUNetTrainerQGSSL's quality_refresh_every
-        self.corruptions_only: Optional[QualityPredictorTrainer] = None
+        self.drift_ranking_weight = 1.0  # quality_ranking_weight of the `ranked` variants
+        self.drift_multiscale = 3  # quality_prediction_scales of `ranked_multiscale`
+        self.extra: Dict[str, ExtraPredictor] = {}
         self.refreshed: Optional[QualityPredictorTrainer] = None
         self.drift_history: List[dict] = []
         self._drift_val: List[Dict[str, dict]] = []
@@ -48,12 +74,17 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
         if self.is_ddp:
             raise RuntimeError(f"{self.__class__.__name__} is a single-GPU benchmark trainer; run it without -num_gpus.")
         super().initialize()
-        self.corruptions_only = self.new_quality_trainer(real_fraction=0.0, seed_offset=1)
+        real = self.quality_real_fraction
+        self.extra = {
+            "corruptions_only": ExtraPredictor(self.new_quality_trainer(0.0, seed_offset=1), refresh=False),
+            "ranked": ExtraPredictor(self.new_quality_trainer(real, 3, self.drift_ranking_weight)),
+            "ranked_multiscale": ExtraPredictor(self.new_quality_trainer(real, 4, self.drift_ranking_weight),
+                                                scales=self.drift_multiscale)}
 
     def variants(self) -> Dict[str, QualityPredictorTrainer]:
-        """The three g; during the warm-up `refreshed` is still the paper's g itself."""
+        """Every g by name; during the warm-up `refreshed` is still the paper's g itself."""
         return {"frozen": self.quality, "refreshed": self.refreshed or self.quality,
-                "corruptions_only": self.corruptions_only}
+                **{name: extra.quality for name, extra in self.extra.items()}}
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()  # freezes self.quality when the warm-up ends
@@ -61,23 +92,41 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
             self.refreshed = self.new_quality_trainer(self.quality_refresh_real_fraction, seed_offset=2)
             # a frozen copy (refresh steps unfreeze it briefly); deep: torch's optimizer would share its buffers
             self.refreshed.load_state_dict(copy.deepcopy(self.quality.state_dict()))
-        if self.quality.frozen and not self.corruptions_only.frozen:
-            self.corruptions_only.freeze()
+        if self.quality.frozen:
+            for extra in self.extra.values():
+                if not extra.quality.frozen:
+                    extra.quality.freeze()
 
     def after_train_step(self, data, target, output_labeled) -> Dict[str, float]:
         out = super().after_train_step(data, target, output_labeled)  # trains / keeps frozen the paper's g
         target0 = target[0] if isinstance(target, list) else target
-        logits0 = output_labeled[0] if isinstance(output_labeled, list) else output_labeled
-        if not self.corruptions_only.frozen:
-            self.corruptions_only.train_step(data, target0, logits0, self._autocast())
-        elif self._steps_since_warmup % self.drift_refresh_every == 0:
-            self.refreshed.refresh_step(data, target0, logits0, self._autocast(), self.quality_refresh_real_fraction)
+        refresh_now = self.quality.frozen and self._steps_since_warmup % self.drift_refresh_every == 0
+        for extra in self.extra.values():
+            logits = self.quality_training_logits(output_labeled, extra.scales)
+            if not extra.quality.frozen:
+                extra.quality.train_step(data, target0, logits, self._autocast())
+            elif extra.refresh and refresh_now:
+                extra.quality.refresh_step(data, target0, logits, self._autocast(), self.quality_refresh_real_fraction)
+        if refresh_now:
+            self.refreshed.refresh_step(data, target0, self.quality_training_logits(output_labeled, 1),
+                                        self._autocast(), self.quality_refresh_real_fraction)
         return out
 
     # ------------------------------------------------------------------ measurement
     def on_validation_epoch_start(self):
         super().on_validation_epoch_start()
         self._drift_val = []
+
+    def self_estimates(self, masks: Dict[str, tuple], logits: torch.Tensor, teacher_logits: torch.Tensor
+                       ) -> Dict[str, tuple]:
+        """Per kind of mask: the soft Dice of each mask against the network's softmax (the teacher's
+        for the teacher's masks), next to the true Dice."""
+        fg = [self.label_manager.all_labels.index(l) for l in self.label_manager.foreground_labels]
+        out = {}
+        for kind, (mask, dice) in masks.items():
+            probs = torch.softmax((teacher_logits if kind == "teacher" else logits).float(), 1)[:, fg]
+            out[kind] = (soft_dice_per_label(mask.float(), probs).cpu().numpy(), dice.cpu().numpy())
+        return out
 
     def measure_quality(self, data, target, logits, teacher_logits) -> Dict[str, tuple]:
         masks = self.quality.measurement_masks(target, logits, teacher_logits)  # the same masks for every g
@@ -86,6 +135,7 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
             if id(variant) not in scored:
                 scored[id(variant)] = variant.score_masks(data, masks, self._autocast())
         results = {name: scored[id(variant)] for name, variant in self.variants().items()}
+        results["self_estimate"] = self.self_estimates(masks, logits, teacher_logits)
         self._drift_val.append(results)
         return results["frozen"]
 
@@ -100,6 +150,7 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
         self.drift_history.append(record)
         if self.local_rank == 0:
             atomic_write_json({"warmup_epochs": self.warmup_epochs, "refresh_every": self.drift_refresh_every,
+                               "ranking_weight": self.drift_ranking_weight, "multiscale": self.drift_multiscale,
                                "epochs": self.drift_history}, join(self.output_folder, DRIFT_FILE))
             self.plot_drift(join(self.output_folder, "quality_drift.png"))
 
@@ -116,10 +167,16 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
         panels["the network: nnU-Net's validation pseudo Dice"] = ["validation pseudo Dice"]
         plot_progress_panels(series, panels, path)
 
+    def on_train_end(self):
+        if self.local_rank == 0:
+            for name, variant in self.variants().items():
+                save_quality_predictor(variant.model, join(self.output_folder, drift_predictor_file(name)))
+        super().on_train_end()
+
     # ------------------------------------------------------------------ checkpoints
     def ssl_state_dict(self) -> dict:
         state = {**super().ssl_state_dict(), "drift_history": self.drift_history,
-                 "corruptions_only": self.corruptions_only.state_dict()}
+                 "drift_extra": {name: extra.quality.state_dict() for name, extra in self.extra.items()}}
         if self.refreshed is not None:
             state["refreshed"] = self.refreshed.state_dict()
         return state
@@ -127,8 +184,9 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
     def load_ssl_state_dict(self, state: dict) -> None:
         super().load_ssl_state_dict(state)
         self.drift_history = list(state.get("drift_history", []))
-        if "corruptions_only" in state:
-            self.corruptions_only.load_state_dict(state["corruptions_only"])
+        for name, extra_state in state.get("drift_extra", {}).items():
+            if name in self.extra:
+                self.extra[name].quality.load_state_dict(extra_state)
         if "refreshed" in state:
             self.refreshed = self.new_quality_trainer(self.quality_refresh_real_fraction, seed_offset=2)
             self.refreshed.load_state_dict(state["refreshed"])

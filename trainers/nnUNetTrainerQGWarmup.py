@@ -7,7 +7,7 @@ predictions and on corrupted masks. The unlabelled loss (Mean Teacher here; the 
 losses in subclasses) ramps up after the warm-up.
 """
 import itertools
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from nnunet_qg.atomic import atomic_write_json
 from nnunet_qg.plotting import plot_calibration
 from nnunet_qg.quality.metrics import agreement_per_label
 from nnunet_qg.quality.network import QUALITY_PREDICTOR_FILE, QualityPredictor, save_quality_predictor
-from nnunet_qg.quality.training import QualityPredictorTrainer
+from nnunet_qg.quality.training import QualityPredictorTrainer, upsampled_predictions
 from nnunet_qg.ramps import sigmoid_rampup
 from nnunet_qg.trainers.nnUNetTrainerSSL import StepValue, nnUNetTrainerSSL
 
@@ -43,6 +43,10 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         self.quality_masks_per_sample = 4  # masks g learns from per labelled patch and iteration
         self.quality_soft_fraction = 0.5  # share of those given as softmax maps instead of one-hot
         self.quality_category_probabilities = None  # None: the paper's mixture
+        self.quality_ranking_weight = 0.0  # > 0: adds a pairwise ranking term to g's SmoothL1 loss
+        # real predictions g learns from: 1 = the network's full-resolution output; k > 1 also the next
+        # k - 1 deep-supervision outputs, upsampled (realistic predictions of lower quality, no extra pass)
+        self.quality_prediction_scales = 1
         self.quality_features = (16, 32, 64, 128)
         self.quality_seed = 12345
         # 0: g frozen after the warm-up (the paper). k > 0: afterwards g still takes one step every k
@@ -72,9 +76,10 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         super().initialize()
         self.quality = self.new_quality_trainer(self.quality_real_fraction)
 
-    def new_quality_trainer(self, real_fraction: float, seed_offset: int = 0) -> QualityPredictorTrainer:
+    def new_quality_trainer(self, real_fraction: float, seed_offset: int = 0,
+                            ranking_weight: Optional[float] = None) -> QualityPredictorTrainer:
         """A fresh g for this plan and its trainer, with the trainer's quality_* settings (under DDP g's
-        updates are synchronised)."""
+        updates are synchronised); `ranking_weight` overrides quality_ranking_weight."""
         model = QualityPredictor(self.num_input_channels, len(self.label_manager.foreground_labels),
                                  self.configuration_manager.patch_size, self.quality_features).to(self.device)
         train_model = DDP(model, device_ids=[self.local_rank]) if self.is_ddp else model
@@ -82,7 +87,8 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
             model, self.label_manager.foreground_labels, self.label_manager.all_labels, self.quality_lr,
             self.quality_weight_decay, real_fraction, self.quality_soft_fraction,
             self.quality_category_probabilities, seed=self.quality_seed + seed_offset + 1000 * self.local_rank,
-            train_model=train_model, masks_per_sample=self.quality_masks_per_sample)
+            train_model=train_model, masks_per_sample=self.quality_masks_per_sample,
+            ranking_weight=self.quality_ranking_weight if ranking_weight is None else ranking_weight)
 
     # ------------------------------------------------------------------ schedule
     def unlabeled_weight_at(self, epoch: int) -> float:
@@ -111,11 +117,18 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
             target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
             self._pending_corruptions = self.quality.start_corruptions(target, self.quality.masks_per_sample)
 
+    def quality_training_logits(self, output_labeled, scales: int) -> Union[torch.Tensor, Sequence[torch.Tensor]]:
+        """The network's predictions g learns from: the full-resolution logits, and with `scales` > 1 the
+        upsampled deep-supervision outputs below them."""
+        if isinstance(output_labeled, list):
+            return upsampled_predictions(output_labeled, scales) if scales > 1 else output_labeled[0]
+        return output_labeled
+
     def after_train_step(self, data, target, output_labeled) -> Dict[str, StepValue]:
         target0 = target[0] if isinstance(target, list) else target
-        logits0 = output_labeled[0] if isinstance(output_labeled, list) else output_labeled
         learns, corruptions = self.quality_learns_this_step(), self._pending_corruptions
         self._pending_corruptions = None
+        logits0 = self.quality_training_logits(output_labeled, self.quality_prediction_scales) if learns else None
         if not self.quality.frozen:
             return {"qg_train_loss": self.quality.train_step(data, target0, logits0, self._autocast(), corruptions)}
         self._steps_since_warmup += 1
@@ -205,6 +218,14 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         panels["quality predictor on validation: correlation"] = ["qg_val_real_pearson", "qg_val_real_spearman",
                                                                    "qg_val_teacher_pearson", "qg_val_corrupted_pearson"]
         return panels
+
+    def on_train_end(self):
+        """A g refreshed after the warm-up replaces its warm-up export, so nnUNetv2_predict_quality
+        scores with the g that followed the network to the end (a frozen g's export is already final)."""
+        if self.local_rank == 0 and self.quality.frozen and self.quality_refresh_every > 0:
+            save_quality_predictor(self.quality_predictor, join(self.output_folder, QUALITY_PREDICTOR_FILE))
+            self.print_to_log_file(f"Quality predictor as refreshed until the end exported to {QUALITY_PREDICTOR_FILE}.")
+        super().on_train_end()
 
     # ------------------------------------------------------------------ checkpoints
     def ssl_state_dict(self) -> dict:

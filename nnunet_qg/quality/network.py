@@ -11,7 +11,9 @@ import torch
 from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
 from torch import nn
 
-QUALITY_PREDICTOR_FILE = "quality_predictor.pth"  # g's own file in a fold folder (end of the warm-up)
+# g's own file in a fold folder: written at the end of the warm-up, and again at the end of training
+# when g kept learning after the warm-up (nnUNetTrainerQGSSL's default)
+QUALITY_PREDICTOR_FILE = "quality_predictor.pth"
 
 
 def encoder_strides(patch_size: Sequence[int], num_stages: int) -> List[List[int]]:

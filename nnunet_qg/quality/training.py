@@ -5,7 +5,7 @@ network's own current predictions on the same patches (detached), each with its 
 """
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,6 +29,28 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device)
 
 
+def pairwise_ranking_loss(predicted: torch.Tensor, true: torch.Tensor, min_gap: float = 0.01) -> torch.Tensor:
+    """Per label, over every pair of samples whose true Dice differ by more than `min_gap`: the
+    predicted gap should point the same way and be at least as large as the true one,
+    mean of relu(|true_i - true_j| - sign(true_i - true_j) * (predicted_i - predicted_j)).
+    (N, L) tensors; 0 when no pair qualifies."""
+    gap_true = true[:, None, :] - true[None, :, :]
+    gap_predicted = predicted[:, None, :] - predicted[None, :, :]
+    pairs = (gap_true > min_gap).float()  # each unordered pair once, oriented by its true order
+    violation = torch.relu(gap_true - gap_predicted) * pairs
+    return violation.sum() / pairs.sum().clamp_min(1.0)
+
+
+def upsampled_predictions(outputs: Sequence[torch.Tensor], scales: int) -> List[torch.Tensor]:
+    """The full-resolution logits and up to `scales - 1` of the deep-supervision outputs below it,
+    upsampled (linear) to full resolution: realistic predictions of lower quality, at no extra
+    forward pass (the decoder computed them anyway)."""
+    full = outputs[0]
+    mode = "trilinear" if full.ndim == 5 else "bilinear"
+    return [full] + [F.interpolate(o.float(), size=full.shape[2:], mode=mode, align_corners=False)
+                     for o in outputs[1:scales]]
+
+
 def _completed(function: Callable, *args) -> Future:
     """`function(*args)`, run now, as a finished Future."""
     future = Future()
@@ -43,7 +65,7 @@ class QualityPredictorTrainer:
                  lr: float = 1e-3, weight_decay: float = 1e-4, real_fraction: float = 0.5,
                  soft_fraction: float = 0.5, category_probabilities: Optional[Dict[str, float]] = None,
                  seed: int = 0, train_model: Optional[nn.Module] = None, num_threads: Optional[int] = None,
-                 masks_per_sample: int = 1):
+                 masks_per_sample: int = 1, ranking_weight: float = 0.0):
         self.model = model
         self.train_model = train_model if train_model is not None else model  # e.g. DDP-wrapped g
         self.labels = [int(l) for l in labels]
@@ -51,6 +73,7 @@ class QualityPredictorTrainer:
         self.real_fraction = real_fraction
         self.masks_per_sample = masks_per_sample  # g is cheap next to the network: several masks per patch
         self.soft_fraction = soft_fraction
+        self.ranking_weight = ranking_weight  # weight of pairwise_ranking_loss next to SmoothL1
         self.corruptor = MaskCorruptor(self.labels, category_probabilities)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         self.rng = np.random.default_rng(seed)
@@ -126,13 +149,17 @@ class QualityPredictorTrainer:
         return mask, dice
 
     # ----------------------------------------------------------------- training
-    def train_step(self, images: torch.Tensor, target: torch.Tensor, seg_logits: torch.Tensor,
-                   autocast_ctx, corruptions: Optional[List[List[Future]]] = None) -> torch.Tensor:
-        """One optimizer step of g (SmoothL1 on Dice) on `masks_per_sample` masks per labelled patch;
-        returns the loss, detached, on the device (reading it would make the host wait for the GPU).
+    def train_step(self, images: torch.Tensor, target: torch.Tensor,
+                   seg_logits: Union[torch.Tensor, Sequence[torch.Tensor]], autocast_ctx,
+                   corruptions: Optional[List[List[Future]]] = None) -> torch.Tensor:
+        """One optimizer step of g (SmoothL1 on Dice, plus the ranking term if weighted) on
+        `masks_per_sample` masks per labelled patch; returns the loss, detached, on the device
+        (reading it would make the host wait for the GPU). `seg_logits`: the network's logits, or
+        several full-resolution versions (upsampled_predictions), taken in turn by the draws.
         `corruptions`: start_corruptions(target, masks_per_sample), started before the network's step."""
+        logits = [seg_logits] if isinstance(seg_logits, torch.Tensor) else list(seg_logits)
         corrupted = self.corrupted_draws(target, self.masks_per_sample, corruptions)
-        draws = [self.training_samples(target, seg_logits, c) for c in corrupted]
+        draws = [self.training_samples(target, logits[d % len(logits)], c) for d, c in enumerate(corrupted)]
         mask, dice = torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
         images = images.repeat((self.masks_per_sample,) + (1,) * (images.ndim - 1))
         self.train_model.train()
@@ -140,11 +167,14 @@ class QualityPredictorTrainer:
         with autocast_ctx:
             predicted = self.train_model(images, mask)
         loss = F.smooth_l1_loss(predicted.float(), dice.float(), beta=0.1)
+        if self.ranking_weight > 0:
+            loss = loss + self.ranking_weight * pairwise_ranking_loss(predicted.float(), dice.float())
         loss.backward()
         self.optimizer.step()
         return loss.detach()
 
-    def refresh_step(self, images: torch.Tensor, target: torch.Tensor, seg_logits: torch.Tensor, autocast_ctx,
+    def refresh_step(self, images: torch.Tensor, target: torch.Tensor,
+                     seg_logits: Union[torch.Tensor, Sequence[torch.Tensor]], autocast_ctx,
                      real_fraction: Optional[float] = None,
                      corruptions: Optional[List[List[Future]]] = None) -> torch.Tensor:
         """One training step of a frozen g (to follow the network's improving predictions), frozen again

@@ -10,7 +10,7 @@ label absent from the whole segmentation gets the unweighted mean over windows (
 """
 import os
 from os.path import basename, isfile, join
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,8 @@ class QualityControlError(RuntimeError):
 
 
 def load_fold_predictors(model_folder: str, folds: Sequence, device: torch.device) -> List[QualityPredictor]:
-    """The exported quality predictor of each fold (written at the end of the warm-up)."""
+    """The exported quality predictor of each fold (written at the end of the warm-up, and at the end of
+    training when g kept learning after it)."""
     models = []
     for fold in folds:
         path = join(model_folder, f"fold_{fold}", QUALITY_PREDICTOR_FILE)
@@ -58,7 +59,8 @@ class CaseScorer:
     """Scores (image, segmentation) cases with a trained model folder's quality predictor(s)."""
 
     def __init__(self, model_folder: str, folds: Sequence = (0,), device: torch.device = torch.device("cpu"),
-                 step: float = 0.5, batch_size: int = 8):
+                 step: float = 0.5, batch_size: int = 8, models: Optional[List[QualityPredictor]] = None):
+        """`models`: the quality predictor(s) to score with; default: the folds' exported ones."""
         self.model_folder = model_folder
         self.plans_manager = PlansManager(load_json(join(model_folder, "plans.json")))
         self.dataset_json = load_json(join(model_folder, "dataset.json"))
@@ -68,7 +70,7 @@ class CaseScorer:
         self.labels = [int(l) for l in self.label_manager.foreground_labels]
         self.patch_size = list(self.configuration_manager.patch_size)
         self.preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
-        self.models = load_fold_predictors(model_folder, folds, device)
+        self.models = load_fold_predictors(model_folder, folds, device) if models is None else list(models)
         self.device, self.step, self.batch_size = device, step, batch_size
 
     def preprocess(self, image_files: List[str], seg: np.ndarray):
@@ -81,8 +83,10 @@ class CaseScorer:
         return data.astype(np.float32), seg
 
     @torch.no_grad()
-    def window_scores(self, data: np.ndarray, seg: np.ndarray):
-        """g's predicted Dice (windows x labels) and each label's voxel count per window."""
+    def window_scores(self, data: np.ndarray, seg: np.ndarray, models: Optional[Sequence[QualityPredictor]] = None):
+        """g's predicted Dice (windows x labels; the mean of `models`, default self.models) and each
+        label's voxel count per window."""
+        models = self.models if models is None else models
         # pads the trailing (spatial) axes up to the patch size where the case is smaller
         data = pad_nd_image(data, self.patch_size, "constant", {"constant_values": 0})
         seg = pad_nd_image(np.maximum(seg, 0), self.patch_size, "constant", {"constant_values": 0})
@@ -95,14 +99,20 @@ class CaseScorer:
             masks = one_hot_foreground(label_maps.to(self.device), self.labels)
             counts.append(masks.flatten(2).sum(2).cpu().numpy())
             with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-                predicted = torch.stack([m(images, masks).float() for m in self.models]).mean(0)
+                predicted = torch.stack([m(images, masks).float() for m in models]).mean(0)
             scores.append(predicted.cpu().numpy())
         return np.concatenate(scores), np.concatenate(counts)
 
     def score(self, image_files: List[str], seg: np.ndarray) -> np.ndarray:
         """Predicted Dice of each foreground label of one case (see the module docstring); `seg` as
         read_seg of the model's reader gives it."""
-        scores, counts = self.window_scores(*self.preprocess(image_files, seg))
+        return self.score_preprocessed(*self.preprocess(image_files, seg))
+
+    def score_preprocessed(self, data: np.ndarray, seg: np.ndarray,
+                           models: Optional[Sequence[QualityPredictor]] = None) -> np.ndarray:
+        """`score` of an image and a label map already in the model's preprocessed space (with
+        `models` instead of self.models if given)."""
+        scores, counts = self.window_scores(data, seg, models)
         total = counts.sum(0)
         weighted = (scores * counts).sum(0) / np.maximum(total, 1)
         return np.where(total > 0, weighted, scores.mean(0)).astype(np.float32)
