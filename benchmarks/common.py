@@ -5,7 +5,7 @@ import os
 import subprocess
 from datetime import date
 from os.path import abspath, dirname, join
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -56,13 +56,15 @@ def hippocampus_environment(work: str, device_type: str) -> Dict[str, str]:
     return env
 
 
-def prepare_hippocampus(data: str, work: str, max_unlabelled: int, device_type: str) -> Dict[str, str]:
+def prepare_hippocampus(data: str, work: str, max_unlabelled: int, device_type: str,
+                        reader: Optional[str] = None) -> Dict[str, str]:
     """Convert the shared Hippocampus data with its 10 % split (20 labelled cases) as Dataset004 under
-    `work`, plan and preprocess it, preprocess the unlabelled cases; returns the nnU-Net environment
-    (hippocampus_environment)."""
+    `work` (`reader`: dataset.json's image reader, e.g. NibabelIO), plan and preprocess it, preprocess
+    the unlabelled cases; returns the nnU-Net environment (hippocampus_environment)."""
     env = hippocampus_environment(work, device_type)
     run(["nnUNetv2_convert_MSD_ssl", "-i", data, "-d", "4", "--split-file", join(data, "ssl_splits.json"),
-         "--labelled-set", "10pct", "--max-unlabelled", str(max_unlabelled), "--overwrite"], env)
+         "--labelled-set", "10pct", "--max-unlabelled", str(max_unlabelled), "--overwrite"]
+        + (["--reader", reader] if reader else []), env)
     run(["nnUNetv2_plan_and_preprocess", "-d", "4", "-c", "3d_fullres", "-np", env.get("nnUNet_def_n_proc", "8")],
         {**env, "nnUNet_n_proc_DA": str(max(1, int(env.get("nnUNet_n_proc_DA", "1"))))})
     run(["nnUNetv2_preprocess_unlabeled", "-d", "4", "-c", "3d_fullres"], env)
@@ -79,6 +81,8 @@ def hippocampus_arguments(description: str, profiles: Dict[str, dict], work: str
     parser.add_argument("--data", default=join(dirname(dirname(abspath(__file__))), "..", "shared", "data", "hippocampus"))
     parser.add_argument("--work", default=f"benchmark_results/{work}")
     parser.add_argument("--out", default=f"benchmark_results/{out}")
+    parser.add_argument("--reader", default=None,
+                        help="image reader for dataset.json, e.g. NibabelIO (the lent GPU machine has no SimpleITK)")
     if reuse:
         parser.add_argument("--reuse", action="store_true",
                             help="measure the fold already trained in --work again (no conversion, no training)")

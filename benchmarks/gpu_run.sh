@@ -9,6 +9,9 @@ BUDGET_S=${BUDGET_S:-570}
 # 2026-11-26 ran "supervised mean_teacher qg_ssl" (qg_ssl was the frozen g then): QG-SSL's 7 minutes of
 # training left no time for its test evaluation in one call, so two arms by default
 ARMS=${ARMS:-"supervised qg_ssl"}
+# JOB=drift instead: the quality predictor drift / test-case ranking benchmark (gpu profile, six g side
+# by side at the reference budget; not run on a GPU yet, so it may need the whole call)
+JOB=${JOB:-ssl}
 START=$(date +%s)
 left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
 
@@ -19,6 +22,15 @@ LOG=$OUT/benchmark.log
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; python3 -c "import torch; print(torch.__version__)"; } > "$LOG" 2>&1
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 5 > "$OUT/gpu_utilisation.csv" &
 SMI=$!
+
+if [ "$JOB" = drift ]; then
+  timeout $(( $(left) - 20 )) python3 benchmarks/quality_drift_benchmark.py --profile gpu --data .gpudata/hippocampus \
+      --reader NibabelIO --work /tmp/drift --out "$OUT/quality_drift_gpu.json" >> "$LOG" 2>&1
+  echo "drift benchmark exit code $? after $(( $(date +%s) - START )) s" >> "$LOG"
+  kill $SMI 2>/dev/null
+  cp /tmp/drift/nnUNet_results/*/*/fold_0/{quality_drift.json,quality_drift.png,training_log_*.txt} "$OUT"/ 2>/dev/null
+  exit 0
+fi
 
 timeout $(( $(left) - 90 )) nnUNetv2_qg_benchmark -i .gpudata/hippocampus --profile gpu --arms $ARMS \
     --n-proc-da "${N_PROC_DA:-4}" --reader NibabelIO -o /tmp/bench >> "$LOG" 2>&1

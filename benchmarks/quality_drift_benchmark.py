@@ -56,14 +56,18 @@ def table_rows(drift: dict) -> list:
     picked = [(f"end of warm-up (epoch {w - 1})", epochs[w - 1:w]),
               (f"last epoch ({epochs[-1]['epoch']})", epochs[-1:]),
               (f"mean of epochs {w}-{epochs[-1]['epoch']}", epochs[w:])]
-    return [row(when, variant, records) for when, records in picked for variant in DRIFT_VARIANTS]
+    variants = [v for v in DRIFT_VARIANTS if v in epochs[0]]  # a fold trained before a variant existed lacks it
+    return [row(when, variant, records) for when, records in picked for variant in variants]
 
 
 def judge_on_test_cases(fold: str, device: torch.device, plot: str) -> dict:
     """Every g exported at the end of training, and the network's self-estimate, on the test cases."""
     raw = join(os.environ["nnUNet_raw"], "Dataset004_Hippocampus")
     predictors = {name: load_quality_predictor(join(fold, drift_predictor_file(name)), device)
-                  for name in DRIFT_PREDICTORS}
+                  for name in DRIFT_PREDICTORS if os.path.isfile(join(fold, drift_predictor_file(name)))}
+    missing = [name for name in DRIFT_PREDICTORS if name not in predictors]
+    if missing:  # a fold trained before these variants existed (--reuse)
+        print(f"No exported g for {', '.join(missing)} in {fold}: judged without them.")
     results = agreement_on_cases(dirname(fold), 0, "checkpoint_final.pth", join(raw, "imagesTs"),
                                  join(raw, "labelsTs"), predictors, device)
     names = sorted({k for r in results.values() for k in r if k not in ("pairs", "mean")})
@@ -87,7 +91,8 @@ def main() -> None:
     profile = PROFILES[args.profile]
     started = time.time()
     env = hippocampus_environment(args.work, profile["device"]) if args.reuse else \
-        prepare_hippocampus(args.data, args.work, profile["max_unlabelled"], profile["device"])
+        prepare_hippocampus(args.data, args.work, profile["max_unlabelled"], profile["device"],
+                            args.reader)
     fold = train_fold0(profile["trainer"], profile["device"], args.work, env, train=not args.reuse)
     with open(join(fold, "quality_drift.json")) as f:
         drift = json.load(f)

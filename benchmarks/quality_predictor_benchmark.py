@@ -64,7 +64,8 @@ def main() -> None:
     args = hippocampus_arguments(__doc__.split("\n\n")[0], PROFILES, "quality_work", "quality_predictor.json")
     profile = PROFILES[args.profile]
     started = time.time()
-    env = prepare_hippocampus(args.data, args.work, profile["max_unlabelled"], profile["device"])
+    env = prepare_hippocampus(args.data, args.work, profile["max_unlabelled"], profile["device"],
+                            args.reader)
     work = abspath(args.work)
     preprocessed = join(work, "nnUNet_preprocessed", "Dataset004_Hippocampus")
     device = torch.device(profile["device"])

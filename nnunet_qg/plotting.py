@@ -37,13 +37,17 @@ def plot_calibration(pairs: Dict[str, "tuple"], label_names: Sequence[str], summ
                      path: str, title: str) -> None:
     """Predicted vs true Dice scatter, one panel per kind (e.g. 'real', 'teacher', 'corrupted'), a colour per label."""
     with plt.style.context("default"):
-        fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 5), squeeze=False)
-        for ax, (kind, (predicted, true)) in zip(axes[0], pairs.items()):
+        columns = min(len(pairs), 4)
+        rows = -(-len(pairs) // columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(5 * columns, 5 * rows), squeeze=False)
+        for ax in axes.ravel()[len(pairs):]:
+            ax.set_visible(False)
+        for ax, (kind, (predicted, true)) in zip(axes.ravel(), pairs.items()):
             for i, name in enumerate(label_names):
                 ax.scatter(true[:, i], predicted[:, i], s=8, alpha=0.5, label=str(name))
             ax.plot([0, 1], [0, 1], "k--", linewidth=1)
             m = summary[kind]["mean"]
-            ax.set_title(f"{kind}: MAE {m['mae']:.3f}, bias {m['bias']:+.3f}, Pearson {m['pearson']:.3f} "
+            ax.set_title(f"{kind}\nMAE {m['mae']:.3f}, bias {m['bias']:+.3f}, Pearson {m['pearson']:.3f} "
                          f"(n={len(true)})", fontsize=10)
             ax.set_xlabel("true Dice")
             ax.set_ylabel("predicted Dice")

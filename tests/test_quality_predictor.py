@@ -152,3 +152,21 @@ def test_upsampled_predictions_and_a_ranked_step_on_several_scales():
     loss = trainer.train_step(torch.randn(2, 1, 16, 16, 16), target, scaled, torch.autocast("cpu", enabled=False))
     assert torch.isfinite(loss) and loss > 0
     assert not all(torch.equal(before[k], v) for k, v in g.state_dict().items())
+
+
+def test_a_belief_predictor_reads_the_softmax_and_refuses_to_run_without_it(tmp_path):
+    g = QualityPredictor(1, 2, (16, 16, 16), belief=True).eval()
+    image, mask = torch.randn(2, 1, 16, 16, 16), torch.rand(2, 2, 16, 16, 16)
+    with pytest.raises(ValueError, match="belief"):
+        g(image, mask)
+    assert not torch.allclose(g(image, mask, torch.zeros_like(mask)), g(image, mask, torch.ones_like(mask)))
+    save_quality_predictor(g, str(tmp_path / "g.pth"))
+    loaded = load_quality_predictor(str(tmp_path / "g.pth"))
+    assert loaded.uses_belief and torch.allclose(loaded(image, mask, mask), g(image, mask, mask))
+    trainer = QualityPredictorTrainer(g, [1, 2], [0, 1, 2], real_fraction=0.5, num_threads=1, masks_per_sample=2)
+    target = torch.zeros(2, 1, 16, 16, 16, dtype=torch.long)
+    target[:, :, 4:10, 4:10, 4:10] = 1
+    logits = torch.randn(2, 3, 16, 16, 16)
+    assert torch.isfinite(trainer.train_step(image, target, logits, torch.autocast("cpu", enabled=False)))
+    scored = trainer.measure_batch(image, target, logits, torch.autocast("cpu", enabled=False), logits)
+    assert set(scored) == {"real", "teacher", "corrupted"} and scored["real"][0].shape == (2, 2)

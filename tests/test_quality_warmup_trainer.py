@@ -3,11 +3,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import PHANTOM_ID, kill_after_first_checkpoint, run_cli
 from nnunet_qg.quality.network import load_quality_predictor
 from nnunet_qg.quality_control.case_agreement import SELF_ESTIMATE, agreement_on_cases
+from nnunet_qg.quality_control.scoring import CaseScorer, QualityControlError
 from nnunet_qg.trainers.nnUNetTrainerQGDrift import DRIFT_VARIANTS, drift_predictor_file
 
 DATASET = f"Dataset{PHANTOM_ID:03d}_Phantom"
@@ -62,7 +64,7 @@ def test_warmup_measures_the_teacher_and_the_bias(phantom_env):
 
 
 def test_drift_trainer_judges_quality_predictors_side_by_side(phantom_env):
-    """Five g and the network's self-estimate on one network run; state survives in the checkpoint;
+    """Six g and the network's self-estimate on one network run; state survives in the checkpoint;
     every g is exported at the end and judged on whole held-out cases."""
     trainer = "nnUNetTrainerQGDrift_debug"  # 4 epochs x 3 iterations, warm-up = epochs 0 and 1
     fold = Path(phantom_env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
@@ -84,7 +86,7 @@ def test_drift_trainer_judges_quality_predictors_side_by_side(phantom_env):
     steps = {name: {int(s["step"]) for s in t["optimizer"]["state"].values()} for name, t in trainers.items()}
     # warm-up: 2 epochs x 3 iterations for every g; afterwards the refreshed ones learn every 2nd of 6 steps
     assert steps == {"frozen": {6}, "corruptions_only": {6}, "refreshed": {9}, "ranked": {9},
-                     "ranked_multiscale": {9}}
+                     "ranked_multiscale": {9}, "belief": {9}}
     assert all(t["frozen"] for t in trainers.values())
     assert len(state["drift_history"]) == 4
     for name, t in trainers.items():  # exported at the end of training, as they were then
@@ -92,13 +94,21 @@ def test_drift_trainer_judges_quality_predictors_side_by_side(phantom_env):
         assert all(torch.equal(v, t["model"][k]) for k, v in exported.items())
 
     raw = Path(phantom_env["nnUNet_raw"]) / DATASET
-    predictors = {name: load_quality_predictor(str(fold / drift_predictor_file(name))) for name in ("frozen", "ranked")}
+    predictors = {name: load_quality_predictor(str(fold / drift_predictor_file(name))) for name in ("frozen", "belief")}
+    assert predictors["belief"].uses_belief and not predictors["frozen"].uses_belief
     cases = agreement_on_cases(str(fold.parent), 0, "checkpoint_final.pth", str(raw / "imagesTs"),
                                str(raw / "labelsTs"), predictors, torch.device("cpu"))
-    assert set(cases) == {"frozen", "ranked", SELF_ESTIMATE}
+    assert set(cases) == {"frozen", "belief", SELF_ESTIMATE}
     for name, result in cases.items():
         predicted, true = result["pairs"]
         assert predicted.shape == true.shape == (2, 2)  # 2 test cases x 2 labels
         assert ((0 <= predicted) & (predicted <= 1)).all() and ((0 <= true) & (true <= 1)).all()
         assert result["mean"]["n"] == 2 and np.isfinite(result["mean"]["mae"])
-    assert not np.allclose(cases["frozen"]["pairs"][0], cases["ranked"]["pairs"][0])
+    assert not np.allclose(cases["frozen"]["pairs"][0], cases["belief"]["pairs"][0])
+    # quality control scores segmentations without the network's softmax: a belief g is refused clearly
+    scorer = CaseScorer(str(fold.parent), [0], models=[predictors["belief"]])
+    label = next((raw / "labelsTs").iterdir())
+    image = raw / "imagesTs" / label.name.replace(".nii.gz", "_0000.nii.gz")
+    seg, _ = scorer.plans_manager.image_reader_writer_class().read_seg(str(label))
+    with pytest.raises(QualityControlError, match="belief=True"):
+        scorer.score([str(image)], seg)

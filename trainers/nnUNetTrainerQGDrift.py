@@ -12,6 +12,9 @@ side by side, on the same network run, the same validation patches and the same 
 - `ranked`: like `refreshed`, with a pairwise ranking term added to g's loss from the first step.
 - `ranked_multiscale`: like `ranked`, and its real predictions also include the network's
   upsampled deep-supervision outputs (realistic predictions of lower quality, at no extra pass).
+- `belief`: like `refreshed`, but g also reads the network's softmax next to the mask (built with
+  QualityPredictor(belief=True); its training masks and measurements come with the softmax of the
+  network that made them).
 - `self_estimate` (no g): the network's own expected Dice of a mask, the soft Dice between the mask
   and the network's softmax (the teacher's for the teacher's masks): what g has to beat.
 
@@ -36,7 +39,7 @@ from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
 from nnunet_qg.trainers.short_schedule import ShortSchedule
 
 DRIFT_FILE = "quality_drift.json"
-DRIFT_PREDICTORS = ("frozen", "refreshed", "corruptions_only", "ranked", "ranked_multiscale")
+DRIFT_PREDICTORS = ("frozen", "refreshed", "corruptions_only", "ranked", "ranked_multiscale", "belief")
 DRIFT_VARIANTS = DRIFT_PREDICTORS + ("self_estimate",)
 
 
@@ -79,7 +82,8 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
             "corruptions_only": ExtraPredictor(self.new_quality_trainer(0.0, seed_offset=1), refresh=False),
             "ranked": ExtraPredictor(self.new_quality_trainer(real, 3, self.drift_ranking_weight)),
             "ranked_multiscale": ExtraPredictor(self.new_quality_trainer(real, 4, self.drift_ranking_weight),
-                                                scales=self.drift_multiscale)}
+                                                scales=self.drift_multiscale),
+            "belief": ExtraPredictor(self.new_quality_trainer(real, 5, belief=True))}
 
     def variants(self) -> Dict[str, QualityPredictorTrainer]:
         """Every g by name; during the warm-up `refreshed` is still the paper's g itself."""
@@ -117,25 +121,22 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
         super().on_validation_epoch_start()
         self._drift_val = []
 
-    def self_estimates(self, masks: Dict[str, tuple], logits: torch.Tensor, teacher_logits: torch.Tensor
-                       ) -> Dict[str, tuple]:
-        """Per kind of mask: the soft Dice of each mask against the network's softmax (the teacher's
-        for the teacher's masks), next to the true Dice."""
-        fg = [self.label_manager.all_labels.index(l) for l in self.label_manager.foreground_labels]
-        out = {}
-        for kind, (mask, dice) in masks.items():
-            probs = torch.softmax((teacher_logits if kind == "teacher" else logits).float(), 1)[:, fg]
-            out[kind] = (soft_dice_per_label(mask.float(), probs).cpu().numpy(), dice.cpu().numpy())
-        return out
+    @staticmethod
+    def self_estimates(masks: Dict[str, tuple], beliefs: Dict[str, torch.Tensor]) -> Dict[str, tuple]:
+        """Per kind of mask: the soft Dice of each mask against the softmax of the network that made it
+        (measurement_beliefs), next to the true Dice."""
+        return {kind: (soft_dice_per_label(mask.float(), beliefs[kind]).cpu().numpy(), dice.cpu().numpy())
+                for kind, (mask, dice) in masks.items()}
 
     def measure_quality(self, data, target, logits, teacher_logits) -> Dict[str, tuple]:
         masks = self.quality.measurement_masks(target, logits, teacher_logits)  # the same masks for every g
+        beliefs = self.quality.measurement_beliefs(logits, teacher_logits)
         scored: Dict[int, dict] = {}
         for name, variant in self.variants().items():
             if id(variant) not in scored:
-                scored[id(variant)] = variant.score_masks(data, masks, self._autocast())
+                scored[id(variant)] = variant.score_masks(data, masks, self._autocast(), beliefs)
         results = {name: scored[id(variant)] for name, variant in self.variants().items()}
-        results["self_estimate"] = self.self_estimates(masks, logits, teacher_logits)
+        results["self_estimate"] = self.self_estimates(masks, beliefs)
         self._drift_val.append(results)
         return results["frozen"]
 

@@ -5,7 +5,7 @@ own networks come from), global average pooling and the paper's small head
 (Dropout -> Linear -> ReLU -> Dropout -> Linear -> sigmoid). Dimension follows the patch size.
 """
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
@@ -31,17 +31,21 @@ def encoder_strides(patch_size: Sequence[int], num_stages: int) -> List[List[int
 
 
 class QualityPredictor(nn.Module):
-    """g: (image channels + one channel per foreground label) -> sigmoid Dice per label."""
+    """g: (image channels + one channel per foreground label) -> sigmoid Dice per label.
+
+    With `belief`, g also reads the segmentation network's softmax of the foreground labels (one more
+    channel per label): the mask is judged next to what the network believes, not only the image."""
 
     def __init__(self, image_channels: int, num_labels: int, patch_size: Sequence[int],
-                 features: Sequence[int] = (16, 32, 64, 128), hidden: int = 128, dropout: float = 0.2):
+                 features: Sequence[int] = (16, 32, 64, 128), hidden: int = 128, dropout: float = 0.2,
+                 belief: bool = False):
         super().__init__()
         self.config: Dict = {"image_channels": int(image_channels), "num_labels": int(num_labels),
                              "patch_size": [int(p) for p in patch_size], "features": [int(f) for f in features],
-                             "hidden": int(hidden), "dropout": float(dropout)}
+                             "hidden": int(hidden), "dropout": float(dropout), "belief": bool(belief)}
         dim = len(patch_size)
         self.encoder = ResidualEncoder(
-            input_channels=image_channels + num_labels, n_stages=len(features), features_per_stage=list(features),
+            input_channels=image_channels + num_labels * (2 if belief else 1), n_stages=len(features), features_per_stage=list(features),
             conv_op=nn.Conv3d if dim == 3 else nn.Conv2d, kernel_sizes=3,
             strides=encoder_strides(patch_size, len(features)), n_blocks_per_stage=1, conv_bias=True,
             norm_op=nn.InstanceNorm3d if dim == 3 else nn.InstanceNorm2d, norm_op_kwargs={"eps": 1e-5, "affine": True},
@@ -50,9 +54,20 @@ class QualityPredictor(nn.Module):
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(features[-1], hidden), nn.ReLU(inplace=True),
                                   nn.Dropout(dropout), nn.Linear(hidden, num_labels))
 
-    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """image (B, C, ...), mask (B, L, ...) probabilities or one-hot -> (B, L) predicted Dice."""
-        features = self.encoder(torch.cat((image, mask.to(image.dtype)), 1))
+    @property
+    def uses_belief(self) -> bool:
+        return self.config["belief"]
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor, belief: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """image (B, C, ...), mask (B, L, ...) probabilities or one-hot, belief (B, L, ...) the network's
+        foreground softmax (only for a g built with `belief`) -> (B, L) predicted Dice."""
+        inputs = [image, mask.to(image.dtype)]
+        if self.uses_belief:
+            if belief is None:
+                raise ValueError("This quality predictor was built with belief=True: pass the segmentation "
+                                 "network's foreground softmax as `belief`.")
+            inputs.append(belief.to(image.dtype))
+        features = self.encoder(torch.cat(inputs, 1))
         return torch.sigmoid(self.head(features.flatten(2).mean(2)).float())
 
 

@@ -87,13 +87,16 @@ class QualityPredictorTrainer:
         channel = seg_logits.argmax(1, keepdim=True)
         return torch.as_tensor(self.all_labels, device=seg_logits.device)[channel]
 
+    def foreground_softmax(self, seg_logits: torch.Tensor) -> torch.Tensor:
+        """The network's softmax of the foreground labels (B, L, ...): a soft mask, or g's `belief`."""
+        return torch.softmax(seg_logits.float(), 1)[:, [self.all_labels.index(l) for l in self.labels]]
+
     def real_samples(self, target: torch.Tensor, seg_logits: torch.Tensor, soft: bool):
         """Masks from the network's predictions (one-hot or softmax) and their true Dice."""
         pred = self.predicted_label_map(seg_logits)
         truth = soft_dice_per_label(one_hot_foreground(pred, self.labels), one_hot_foreground(target, self.labels))
         if soft:
-            probs = torch.softmax(seg_logits.float(), 1)
-            mask = probs[:, [self.all_labels.index(l) for l in self.labels]]
+            mask = self.foreground_softmax(seg_logits)
         else:
             mask = one_hot_foreground(pred, self.labels)
         return mask, truth
@@ -161,11 +164,14 @@ class QualityPredictorTrainer:
         corrupted = self.corrupted_draws(target, self.masks_per_sample, corruptions)
         draws = [self.training_samples(target, logits[d % len(logits)], c) for d, c in enumerate(corrupted)]
         mask, dice = torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
-        images = images.repeat((self.masks_per_sample,) + (1,) * (images.ndim - 1))
+        repeats = (self.masks_per_sample,) + (1,) * (images.ndim - 1)
+        images = images.repeat(repeats)
+        # a g with `belief` reads the network's full-resolution softmax next to every mask of the patch
+        belief = self.foreground_softmax(logits[0]).repeat(repeats) if self.model.uses_belief else None
         self.train_model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with autocast_ctx:
-            predicted = self.train_model(images, mask)
+            predicted = self.train_model(images, mask, belief)
         loss = F.smooth_l1_loss(predicted.float(), dice.float(), beta=0.1)
         if self.ranking_weight > 0:
             loss = loss + self.ranking_weight * pairwise_ranking_loss(predicted.float(), dice.float())
@@ -207,21 +213,36 @@ class QualityPredictorTrainer:
 
     @torch.no_grad()
     def score_masks(self, images: torch.Tensor, masks: Dict[str, Tuple[torch.Tensor, torch.Tensor]],
-                    autocast_ctx) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-        """g's predicted Dice next to the true Dice, per kind of mask (g in eval mode for this)."""
+                    autocast_ctx, beliefs: Optional[Dict[str, torch.Tensor]] = None
+                    ) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+        """g's predicted Dice next to the true Dice, per kind of mask (g in eval mode for this);
+        `beliefs`: per kind, the softmax that a g with `belief` reads next to the mask."""
         was_training = self.model.training
         self.model.eval()
         out = {}
         with autocast_ctx:
             for kind, (mask, dice) in masks.items():
-                out[kind] = (self.model(images, mask).float().cpu().numpy(), dice.cpu().numpy())
+                belief = beliefs[kind] if self.model.uses_belief else None
+                out[kind] = (self.model(images, mask, belief).float().cpu().numpy(), dice.cpu().numpy())
         self.model.train(was_training and not self.frozen)
         return out
 
     def measure_batch(self, images: torch.Tensor, target: torch.Tensor, seg_logits: torch.Tensor,
                       autocast_ctx, teacher_logits: Optional[torch.Tensor] = None) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         """Predicted and true Dice on real predictions (and the teacher's) and on corrupted masks of one batch."""
-        return self.score_masks(images, self.measurement_masks(target, seg_logits, teacher_logits), autocast_ctx)
+        masks = self.measurement_masks(target, seg_logits, teacher_logits)
+        beliefs = self.measurement_beliefs(seg_logits, teacher_logits) if self.model.uses_belief else None
+        return self.score_masks(images, masks, autocast_ctx, beliefs)
+
+    def measurement_beliefs(self, seg_logits: torch.Tensor, teacher_logits: Optional[torch.Tensor] = None
+                            ) -> Dict[str, torch.Tensor]:
+        """Per kind of measurement mask, the softmax of the network that made it (the teacher's for the
+        teacher's masks, the network's for its own and for corrupted masks)."""
+        own = self.foreground_softmax(seg_logits)
+        beliefs = {"real": own, "corrupted": own}
+        if teacher_logits is not None:
+            beliefs["teacher"] = self.foreground_softmax(teacher_logits)
+        return beliefs
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

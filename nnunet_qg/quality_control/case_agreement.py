@@ -48,9 +48,10 @@ def agreement_on_cases(model_folder: str, fold: int, checkpoint: str, images_fol
         label_map = np.asarray(all_labels, dtype=np.int16)[probs.argmax(0).numpy()][None]
         true.append(dice_per_label(label_map, np.maximum(seg, 0), labels))
         hard = one_hot_foreground(torch.from_numpy(label_map)[None], labels)
-        scores[SELF_ESTIMATE].append(soft_dice_per_label(hard, probs[foreground][None])[0].numpy())
-        for name, model in predictors.items():
-            scores[name].append(scorer.score_preprocessed(data, label_map, [model]))
+        belief = probs[foreground]
+        scores[SELF_ESTIMATE].append(soft_dice_per_label(hard, belief[None])[0].numpy())
+        for name, model in predictors.items():  # a g with `belief` reads the network's softmax too
+            scores[name].append(scorer.score_preprocessed(data, label_map, [model], belief.numpy()))
     truth = np.stack(true)
     names = [str(l) for l in labels]
     return {name: {"pairs": (np.stack(s), truth), **agreement_per_label(np.stack(s), truth, names)}

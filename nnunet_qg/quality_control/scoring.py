@@ -83,13 +83,22 @@ class CaseScorer:
         return data.astype(np.float32), seg
 
     @torch.no_grad()
-    def window_scores(self, data: np.ndarray, seg: np.ndarray, models: Optional[Sequence[QualityPredictor]] = None):
+    def window_scores(self, data: np.ndarray, seg: np.ndarray, models: Optional[Sequence[QualityPredictor]] = None,
+                      belief: Optional[np.ndarray] = None):
         """g's predicted Dice (windows x labels; the mean of `models`, default self.models) and each
-        label's voxel count per window."""
+        label's voxel count per window; `belief`: the network's foreground softmax (L, ...) in the
+        same space, for a g that reads it."""
         models = self.models if models is None else models
+        if belief is None and any(m.uses_belief for m in models):
+            raise QualityControlError(
+                f"The quality predictor of {self.model_folder} reads the segmentation network's softmax "
+                f"(built with belief=True); score it with nnunet_qg.quality_control.case_agreement, which "
+                f"predicts that softmax, or use a g without belief.")
         # pads the trailing (spatial) axes up to the patch size where the case is smaller
         data = pad_nd_image(data, self.patch_size, "constant", {"constant_values": 0})
         seg = pad_nd_image(np.maximum(seg, 0), self.patch_size, "constant", {"constant_values": 0})
+        if belief is not None:
+            belief = pad_nd_image(belief, self.patch_size, "constant", {"constant_values": 0})
         slicers = window_slicers(data.shape[1:], self.patch_size, self.step)
         scores, counts = [], []
         for start in range(0, len(slicers), self.batch_size):
@@ -98,8 +107,11 @@ class CaseScorer:
             label_maps = torch.from_numpy(np.stack([seg[(slice(None),) + s] for s in chunk]).astype(np.int16))
             masks = one_hot_foreground(label_maps.to(self.device), self.labels)
             counts.append(masks.flatten(2).sum(2).cpu().numpy())
+            beliefs = None if belief is None else \
+                torch.from_numpy(np.stack([belief[(slice(None),) + s] for s in chunk])).to(self.device)
             with torch.autocast(self.device.type, enabled=self.device.type == "cuda"):
-                predicted = torch.stack([m(images, masks).float() for m in models]).mean(0)
+                predicted = torch.stack([m(images, masks, beliefs if m.uses_belief else None).float()
+                                         for m in models]).mean(0)
             scores.append(predicted.cpu().numpy())
         return np.concatenate(scores), np.concatenate(counts)
 
@@ -108,11 +120,11 @@ class CaseScorer:
         read_seg of the model's reader gives it."""
         return self.score_preprocessed(*self.preprocess(image_files, seg))
 
-    def score_preprocessed(self, data: np.ndarray, seg: np.ndarray,
-                           models: Optional[Sequence[QualityPredictor]] = None) -> np.ndarray:
+    def score_preprocessed(self, data: np.ndarray, seg: np.ndarray, models: Optional[Sequence[QualityPredictor]] = None,
+                           belief: Optional[np.ndarray] = None) -> np.ndarray:
         """`score` of an image and a label map already in the model's preprocessed space (with
-        `models` instead of self.models if given)."""
-        scores, counts = self.window_scores(data, seg, models)
+        `models` instead of self.models if given; `belief` as in window_scores)."""
+        scores, counts = self.window_scores(data, seg, models, belief)
         total = counts.sum(0)
         weighted = (scores * counts).sum(0) / np.maximum(total, 1)
         return np.where(total > 0, weighted, scores.mean(0)).astype(np.float32)
