@@ -1,13 +1,15 @@
 """Quality predictor drift benchmark: does a g frozen after the warm-up still judge the network's
-later predictions, and does a refreshed or a corruptions-only g do better?
+later predictions, which g does better, and how well does each rank whole held-out cases?
 
     python benchmarks/quality_drift_benchmark.py [--profile cpu|gpu] [--data ../shared/data/hippocampus]
+        [--reader NibabelIO] [--reuse]
 
 Converts the shared Hippocampus data with its 10 % split (20 labelled cases), plans and
 preprocesses with stock nnU-Net and trains `nnUNetTrainerQGDrift_<profile>Bench` (fold 0): plain
-nnU-Net training with three quality predictors side by side (frozen = the paper's and
-nnUNetTrainerQGSSL_gFrozen's, refreshed = nnUNetTrainerQGSSL's, corruptions-only), each judged at every validation on the same
-masks: the network's real predictions, the EMA teacher's (what PL-QW weights) and corrupted ground
+nnU-Net training with six quality predictors side by side (frozen = the paper's and
+nnUNetTrainerQGSSL_gFrozen's, refreshed = nnUNetTrainerQGSSL's, corruptions-only, ranked,
+ranked_multiscale, belief; see the trainer) and the network's self-estimate, each judged at every
+validation on the same masks: the network's real predictions, the EMA teacher's (what PL-QW weights) and corrupted ground
 truth. Prints MAE / bias / Pearson per g at the end of the warm-up and at the end of training,
 writes all epochs to JSON; the curves are in the fold folder's quality_drift.png.
 
