@@ -33,7 +33,7 @@ from nnunet_qg.plotting import plot_calibration  # noqa: E402
 from nnunet_qg.quality.metrics import agreement_per_label, finite_mean  # noqa: E402
 from nnunet_qg.quality.network import load_quality_predictor  # noqa: E402
 from nnunet_qg.quality_control.case_agreement import (SELF_ESTIMATE, agreement_on_cases,  # noqa: E402
-                                                      true_dice_spread, without_pairs)
+                                                      label_names, true_dice_spread, without_pairs)
 from nnunet_qg.trainers.nnUNetTrainerQGDrift import DRIFT_PREDICTORS, DRIFT_VARIANTS, drift_predictor_file  # noqa: E402
 from common import (device_description, hippocampus_arguments, hippocampus_environment,  # noqa: E402
                     prepare_hippocampus, print_table, train_fold0, write_json)
@@ -72,7 +72,7 @@ def judge_on_test_cases(fold: str, device: torch.device, plot: str) -> dict:
         print(f"No exported g for {', '.join(missing)} in {fold}: judged without them.")
     results = agreement_on_cases(dirname(fold), 0, "checkpoint_final.pth", join(raw, "imagesTs"),
                                  join(raw, "labelsTs"), predictors, device)
-    names = sorted({k for r in results.values() for k in r if k not in ("pairs", "mean")})
+    names = label_names(results)
     # does g add anything to the network's own estimate? their plain mean, no fitting
     truth = results[SELF_ESTIMATE]["pairs"][1]
     blend = 0.5 * (results["refreshed"]["pairs"][0] + results[SELF_ESTIMATE]["pairs"][0])
@@ -84,7 +84,7 @@ def judge_on_test_cases(fold: str, device: torch.device, plot: str) -> dict:
     rows = [{"g": name, "label": label, **{m: summary[name][label][m] for m in ("n", "mae", "bias", "pearson",
                                                                                "spearman")}}
             for name in results for label in names + ["mean"]]
-    return {"rows": rows, "agreement": summary, "true_dice": true_dice_spread(results, names)}
+    return {"rows": rows, "agreement": summary, "true_dice": true_dice_spread(results)}
 
 
 def main() -> None:

@@ -106,11 +106,13 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
         target0 = target[0] if isinstance(target, list) else target
         refresh_now = self.quality.frozen and self._steps_since_warmup % self.drift_refresh_every == 0
         for extra in self.extra.values():
+            if extra.quality.frozen and not (extra.refresh and refresh_now):
+                continue  # no step for this g: its predictions (upsampled for multiscale) are not needed
             logits = self.quality_training_logits(output_labeled, extra.scales)
-            if not extra.quality.frozen:
-                extra.quality.train_step(data, target0, logits, self._autocast())
-            elif extra.refresh and refresh_now:
+            if extra.quality.frozen:
                 extra.quality.refresh_step(data, target0, logits, self._autocast(), self.quality_refresh_real_fraction)
+            else:
+                extra.quality.train_step(data, target0, logits, self._autocast())
         if refresh_now:
             self.refreshed.refresh_step(data, target0, self.quality_training_logits(output_labeled, 1),
                                         self._autocast(), self.quality_refresh_real_fraction)

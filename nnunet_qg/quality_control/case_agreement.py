@@ -8,7 +8,7 @@ quality predictor scores the prediction as nnUNetv2_predict_quality does, and th
 expected Dice (soft Dice between its hard prediction and its softmax) is scored next to them as the
 baseline that needs no g. True Dice is computed in the preprocessed space.
 """
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -50,8 +50,9 @@ def agreement_on_cases(model_folder: str, fold: int, checkpoint: str, images_fol
         hard = one_hot_foreground(torch.from_numpy(label_map)[None], labels)
         belief = probs[foreground]
         scores[SELF_ESTIMATE].append(soft_dice_per_label(hard, belief[None])[0].numpy())
+        belief = belief.numpy()
         for name, model in predictors.items():  # a g with `belief` reads the network's softmax too
-            scores[name].append(scorer.score_preprocessed(data, label_map, [model], belief.numpy()))
+            scores[name].append(scorer.score_preprocessed(data, label_map, [model], belief))
     truth = np.stack(true)
     names = [str(l) for l in labels]
     return {name: {"pairs": (np.stack(s), truth), **agreement_per_label(np.stack(s), truth, names)}
@@ -63,10 +64,15 @@ def without_pairs(results: Dict[str, dict]) -> Dict[str, dict]:
     return {name: {k: v for k, v in r.items() if k != "pairs"} for name, r in results.items()}
 
 
-def true_dice_spread(results: Dict[str, dict], label_names: Sequence[str]) -> Dict[str, Dict[str, float]]:
+def label_names(results: Dict[str, dict]) -> List[str]:
+    """The foreground label names of agreement_on_cases' results, in the order of the pairs' columns."""
+    return [k for k in next(iter(results.values())) if k not in ("pairs", "mean")]
+
+
+def true_dice_spread(results: Dict[str, dict]) -> Dict[str, Dict[str, float]]:
     """Mean, standard deviation and range of the true per-case Dice, per label (how wide the band is
     that the predictors have to rank)."""
     truth = next(iter(results.values()))["pairs"][1]
     return {name: {"mean": float(truth[:, i].mean()), "std": float(truth[:, i].std()),
                    "min": float(truth[:, i].min()), "max": float(truth[:, i].max())}
-            for i, name in enumerate(label_names)}
+            for i, name in enumerate(label_names(results))}
