@@ -4,11 +4,14 @@
 #   .gpudata: cp -r ../shared/data/hippocampus .gpudata/
 # Runs the semi-supervised benchmark (gpu profile; ARMS below), then the trainer speed benchmark
 # with the time left, and leaves its results under $OUT. BUDGET_S: wall-clock seconds for it all.
+# The benchmark runs with --continue: when one call's time runs out, a SECOND call of this script
+# made at once (the machine stays warm for 30 s, /tmp is kept) keeps the prepared data and the
+# finished arms and continues the interrupted ones from their latest checkpoint (every 5 epochs).
 set -uo pipefail
 BUDGET_S=${BUDGET_S:-570}
-# 2026-11-26 ran "supervised mean_teacher qg_ssl" (qg_ssl was the frozen g then): QG-SSL's 7 minutes of
-# training left no time for its test evaluation in one call, so two arms by default
-ARMS=${ARMS:-"supervised qg_ssl"}
+# 2026-11-26 (H100): QG-SSL trained 35 of 40 epochs in one call beside the supervised arm (about
+# 12.5 s per epoch, validation and plots included), so three arms need two calls
+ARMS=${ARMS:-"supervised mean_teacher qg_ssl"}
 # JOB=drift instead: the quality predictor drift / test-case ranking benchmark (gpu profile, six g side
 # by side at the reference budget; not run on a GPU yet, so it may need the whole call)
 JOB=${JOB:-ssl}
@@ -32,22 +35,23 @@ if [ "$JOB" = drift ]; then
   exit 0
 fi
 
-timeout $(( $(left) - 90 )) nnUNetv2_qg_benchmark -i .gpudata/hippocampus --profile gpu --arms $ARMS \
-    --n-proc-da "${N_PROC_DA:-4}" --reader NibabelIO -o /tmp/bench >> "$LOG" 2>&1
+timeout $(( $(left) - ${SPEED_RESERVE_S:-25} )) nnUNetv2_qg_benchmark -i .gpudata/hippocampus --profile gpu --arms $ARMS \
+    --n-proc-da "${N_PROC_DA:-3}" --reader NibabelIO -o /tmp/bench --continue >> "$LOG" 2>&1
 echo "benchmark exit code $? after $(( $(date +%s) - START )) s" >> "$LOG"
 pkill -f nnUNetv2_train; pkill -f nnUNetv2_predict; sleep 2  # a timed-out benchmark leaves its children running
 cp /tmp/bench/ssl_benchmark.json /tmp/bench/ssl_benchmark.md /tmp/bench/ssl_benchmark.png "$OUT"/ 2>/dev/null
 
-if [ -f /tmp/bench/ssl_benchmark.json ] && [ "$(left)" -gt 70 ]; then
+if [ -f /tmp/bench/ssl_benchmark.json ] && [ "$(left)" -gt 75 ]; then
   export nnUNet_raw=/tmp/bench/work/nnUNet_raw nnUNet_preprocessed=/tmp/bench/work/nnUNet_preprocessed \
          nnUNet_results=/tmp/speed_results nnUNet_n_proc_DA=12 nnUNet_compile=f
   timeout $(( $(left) - 25 )) python3 benchmarks/trainer_speed_benchmark.py -d 700 --device cuda --iterations 15 \
-      --trainers nnUNetTrainer nnUNetTrainerQGSSL nnUNetTrainerMeanTeacher nnUNetTrainerMTQW nnUNetTrainerFixMatch \
+      --trainers ${SPEED_TRAINERS:-nnUNetTrainer nnUNetTrainerQGSSL nnUNetTrainerMeanTeacher} \
       --out "$OUT/trainer_speed.json" >> "$LOG" 2>&1
   echo "speed benchmark exit code $? after $(( $(date +%s) - START )) s" >> "$LOG"
 fi
 kill $SMI 2>/dev/null
+echo "done after $(( $(date +%s) - START )) s" >> "$LOG"
+cp "$LOG" "/tmp/bench/work/logs/gpu_run_call_$START.log" 2>/dev/null  # every call's log, in the archive
 # training logs, progress and calibration plots of every arm, in one archive
 cd /tmp/bench/work 2>/dev/null && tar czf "$OUT/logs.tar.gz" logs \
     $(find nnUNet_results_r0 -name "*.png" -o -name "training_log_*.txt" -o -name "quality_warmup_metrics.json") 2>/dev/null
-echo "done after $(( $(date +%s) - START )) s" >> "$LOG"

@@ -8,7 +8,9 @@ same plans and batch size, with every unlabelled loss active (the state after wa
 and timed over the same number of iterations in one process: time per iteration, split into
 waiting for labelled batches, waiting for unlabelled batches and the step itself, plus peak GPU
 memory (on CUDA) or the peak resident memory of the process (on the CPU: each trainer is measured
-in a fresh process for that). Writes JSON and prints the table.
+in a fresh process for that), and the number of leaf operators per iteration (each at least one
+kernel launch on a GPU: the cost of a step when the GPU is mostly idle, as at small patches and
+batches). Writes JSON and prints the table.
 """
 import argparse
 import multiprocessing
@@ -49,7 +51,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def measure(trainer_name: str, dataset: str, configuration: str, device: torch.device, iterations: int) -> dict:
+def measure(trainer_name: str, dataset: str, configuration: str, device: torch.device, iterations: int,
+            profiled_steps: int = 4) -> dict:
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
@@ -91,6 +94,7 @@ def measure(trainer_name: str, dataset: str, configuration: str, device: torch.d
            "step_s": total - wait_l - wait_u, "batch": trainer.batch_size,
            "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda"
            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+    row["ops_per_iter"] = count_ops(trainer, labelled, profiled_steps)
     for loader in (trainer.dataloader_train, trainer.dataloader_val, getattr(unlabelled, "loader", None)):
         if hasattr(loader, "_finish"):
             loader._finish()
@@ -98,6 +102,19 @@ def measure(trainer_name: str, dataset: str, configuration: str, device: torch.d
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
+
+
+def count_ops(trainer, labelled, steps: int) -> float:
+    """Mean number of leaf aten operators per training iteration over `steps` iterations (consecutive, so
+    g's refresh steps are included at their rate): each is at least one kernel launch on a GPU, which
+    is what a step costs when the GPU is mostly idle."""
+    counts = []
+    for _ in range(steps):
+        batch = next(labelled)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            trainer.train_step(batch)
+        counts.append(sum(1 for e in prof.events() if not e.cpu_children and e.name.startswith("aten::")))
+    return sum(counts) / len(counts)
 
 
 def _measure_in_child(queue, *args) -> None:
@@ -126,15 +143,18 @@ def main() -> None:
         process.start()
         rows.append(queue.get())
         process.join()
+        print(f"{t}: {rows[-1]}", flush=True)  # a run cut short by a time limit still leaves its rows
     base = rows[0]
     for r in rows:
         r["time_ratio"] = r["s_per_iter"] / base["s_per_iter"]
         r["mem_ratio"] = r["peak_mem_GiB"] / base["peak_mem_GiB"]
+        r["ops_ratio"] = r["ops_per_iter"] / base["ops_per_iter"]
     print(f"\nOne training iteration, {dataset} {args.c}, {args.iterations} iterations each, "
           f"{device_description(device)}, nnUNet_n_proc_DA={os.environ.get('nnUNet_n_proc_DA', 'default')}; "
           f"memory: {'peak GPU memory' if device.type == 'cuda' else 'peak resident memory of the process'}")
     table = print_table(rows, ["trainer", "batch", "s_per_iter", "time_ratio", "wait_labelled_s",
-                               "wait_unlabelled_s", "step_s", "peak_mem_GiB", "mem_ratio"])
+                               "wait_unlabelled_s", "step_s", "peak_mem_GiB", "mem_ratio", "ops_per_iter",
+                               "ops_ratio"])
     write_json({"dataset": dataset, "configuration": args.c, "device": device_description(device),
                 "iterations": args.iterations, "rows": rows, "table": table}, args.out)
 

@@ -1,4 +1,5 @@
-"""Small helpers around nnU-Net networks (DDP / torch.compile wrappers)."""
+"""Small helpers around nnU-Net networks (DDP / torch.compile wrappers, batch outputs)."""
+import torch
 from torch import nn
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -21,3 +22,13 @@ def set_deep_supervision(network: nn.Module, enabled: bool) -> None:
 def highest_resolution(output):
     """The full-resolution output of a network with or without deep supervision (a list or a tensor)."""
     return output[0] if isinstance(output, (list, tuple)) else output
+
+
+def batch_probabilities(logits: torch.Tensor, has_regions: bool) -> torch.Tensor:
+    """Per-voxel probabilities of a batch of logits (B, C, ...): softmax over the channel axis, or a
+    sigmoid per region; float32 and differentiable.
+
+    Not nnU-Net's LabelManager.apply_inference_nonlin: that one takes a single case (C, ...), so on a
+    batch it normalises across the batch axis, and it runs without gradient."""
+    logits = logits.float()
+    return torch.sigmoid(logits) if has_regions else torch.softmax(logits, 1)

@@ -77,10 +77,10 @@ def plan_and_preprocess(dataset_id: int, env: Dict[str, str], log_dir: str, conf
 
 
 def train(dataset_id: int, configuration: str, fold: str, trainer: str, env: Dict[str, str], log_file: str,
-          device: str = "cpu", echo: Optional[Sequence[str]] = None) -> float:
-    """nnUNetv2_train."""
-    return run_logged(["nnUNetv2_train", str(dataset_id), configuration, str(fold), "-tr", trainer, "-device", device],
-                      env, log_file, echo=echo)
+          device: str = "cpu", echo: Optional[Sequence[str]] = None, continue_training: bool = False) -> float:
+    """nnUNetv2_train (with --c: continue from the fold's latest checkpoint)."""
+    return run_logged(["nnUNetv2_train", str(dataset_id), configuration, str(fold), "-tr", trainer, "-device", device]
+                      + (["--c"] if continue_training else []), env, log_file, echo=echo)
 
 
 def model_folder(env: Dict[str, str], dataset_id: int, trainer: str, configuration: str = "3d_fullres",

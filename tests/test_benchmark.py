@@ -1,6 +1,7 @@
 """The semi-supervised benchmark: its whole pipeline on a tiny budget, and its summary arithmetic."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +39,20 @@ def test_benchmark_pipeline_two_arms(tmp_path):
     assert "| tiny | qg_ssl | 1 |" in table and "cpu" in table.lower()
     assert (out / "ssl_benchmark.png").stat().st_size > 0
     assert proc.stdout.rstrip().endswith(table.rstrip().splitlines()[-1])  # the table is printed last
+
+    # --continue (a run cut off by a device's time limit): the prepared dataset and the finished arm
+    # are kept; an arm with only its latest checkpoint continues from it (nnUNetv2_train --c)
+    folds = {r["arm"]: Path(r["model_folder"]) for r in runs}
+    (folds["supervised"] / "checkpoint_final.pth").rename(folds["supervised"] / "checkpoint_latest.pth")
+    again = run_cli(["nnUNetv2_qg_benchmark", "-i", str(source), "--profile", "tiny", "--fractions", "tiny",
+                     "-o", str(out), "-d", "720", "--continue"], env, timeout=1500)
+    assert "prepared by an earlier run, kept" in again.stdout
+    assert "qg_ssl (tiny, run 0): trained by an earlier run, kept" in again.stdout
+    rerun = {r["arm"]: r for r in json.loads((out / "ssl_benchmark.json").read_text())["runs"]}
+    assert rerun["supervised"]["resumed"] and (folds["supervised"] / "checkpoint_final.pth").is_file()
+    assert rerun["supervised"]["epochs"] == 2 and rerun["qg_ssl"]["dice"] == qg["dice"]
+    first = next(r for r in runs if r["arm"] == "supervised")
+    assert rerun["supervised"]["train_wall_s"] > first["train_wall_s"]  # both calls counted
 
 
 def test_benchmark_ph2_2d_profile_writes_its_split(tmp_path):

@@ -23,7 +23,7 @@ from torch import autocast
 from torch import distributed as dist
 
 from nnunet_qg.ema import EMATeacher
-from nnunet_qg.networks import highest_resolution, set_deep_supervision, unwrap_network
+from nnunet_qg.networks import batch_probabilities, highest_resolution, set_deep_supervision, unwrap_network
 from nnunet_qg.plotting import plot_progress_panels
 from nnunet_qg.quality.metrics import finite_mean
 from nnunet_qg.ramps import sigmoid_rampup
@@ -166,7 +166,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     def teacher_probabilities(self, view_teacher: torch.Tensor) -> torch.Tensor:
         """Softmax (or sigmoid for regions) of the EMA teacher on the teacher view, no gradient."""
         with torch.no_grad():
-            return self.label_manager.apply_inference_nonlin(self.teacher(view_teacher)).float()
+            return batch_probabilities(self.teacher(view_teacher), self.label_manager.has_regions)
 
     def compute_unlabeled_loss(self, output_unlabeled, view_student: torch.Tensor, view_teacher: torch.Tensor
                                ) -> Tuple[torch.Tensor, Dict[str, StepValue]]:
@@ -175,7 +175,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         `output_unlabeled` is the student's output on the student view (a list with deep supervision).
         """
         logits = highest_resolution(output_unlabeled)
-        student_probs = self.label_manager.apply_inference_nonlin(logits.float())
+        student_probs = batch_probabilities(logits, self.label_manager.has_regions)
         return F.mse_loss(student_probs, self.teacher_probabilities(view_teacher)), {}
 
     def before_train_step(self, batch: dict) -> None:

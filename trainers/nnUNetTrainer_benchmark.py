@@ -20,8 +20,9 @@ BENCHMARK_BASES = (nnUNetTrainer, nnUNetTrainerMeanTeacher, nnUNetTrainerFixMatc
 # budget suffix -> ShortSchedule attributes
 BUDGETS: Dict[str, Dict[str, int]] = {
     # the reference budget of ../shared/gpu (stock nnUNetTrainer, 40 x 100 iterations, the plans' batch size)
+    # (checkpoint_latest every 5 epochs, so a run cut off by a time limit continues with --c)
     "40epochs": dict(short_num_epochs=40, short_iterations_per_epoch=100, short_val_iterations_per_epoch=50,
-                     short_save_every=50, short_max_batch_size=10 ** 6),
+                     short_save_every=5, short_max_batch_size=10 ** 6),
     # the cpu-small benchmark profile: all arms in under an hour on 2 cores
     "cpuSmall": dict(short_num_epochs=10, short_iterations_per_epoch=10, short_val_iterations_per_epoch=3,
                      short_save_every=5, short_max_batch_size=2),

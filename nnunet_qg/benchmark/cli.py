@@ -59,6 +59,10 @@ def entry_point() -> None:
     parser.add_argument("--split-file", default=None, help="default: <-i>/ssl_splits.json (2D profiles: written)")
     parser.add_argument("--reader", default=None, help="image reader for dataset.json (e.g. NibabelIO)")
     parser.add_argument("-d", "--base-id", type=int, default=700, help="first nnU-Net dataset id to use")
+    parser.add_argument("--continue", dest="resume", action="store_true",
+                        help="go on with an earlier run of the same -o (e.g. one cut off by a time limit): "
+                             "prepared datasets and finished arms are kept, interrupted arms continue from "
+                             "their latest checkpoint (nnUNetv2_train --c), every arm is predicted and evaluated")
     args = parser.parse_args()
 
     profile = PROFILES[args.profile]
@@ -86,7 +90,8 @@ def entry_point() -> None:
     semi_arms = [a for a in profile.arms if a != UPPER_BOUND]
     ids = dataset_ids(args.base_id, list(profile.fractions), UPPER_BOUND in profile.arms)
     print(f"[1/3] Preparing {len(ids)} dataset(s) from {args.i} (profile {profile.name})", flush=True)
-    prep_s = prepare_datasets(abspath(args.i), split_file, ids, profile, env, join(work, "logs"), args.reader)
+    prep_s = prepare_datasets(abspath(args.i), split_file, ids, profile, env, join(work, "logs"), args.reader,
+                              args.resume)
     jobs = [Job(arm, fraction, r, ids[fraction]) for r in range(profile.repeats) for fraction in profile.fractions
             for arm in semi_arms]
     jobs += [Job(UPPER_BOUND, UPPER_BOUND, r, ids[UPPER_BOUND]) for r in range(profile.repeats)
@@ -99,7 +104,7 @@ def entry_point() -> None:
             "test_cases": test_cases, "preparation_s": prep_s}
     print(f"[2/3] Training, predicting and evaluating {len(jobs)} run(s), {profile.concurrency} at a time "
           f"({profile.budget} budget, {profile.device})", flush=True)
-    rows = run_jobs(jobs, profile, env, work, lambda rows: write_results(rows, out, meta))
+    rows = run_jobs(jobs, profile, env, work, lambda rows: write_results(rows, out, meta), args.resume)
     meta["total_s"] = time.time() - started
     print(f"[3/3] Results in {out} (ssl_benchmark.json/.md/.png), {meta['total_s']:.0f} s in all\n", flush=True)
     print(write_results(rows, out, meta))

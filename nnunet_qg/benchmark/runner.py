@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from nnunet_qg import pipeline
+from nnunet_qg.atomic import atomic_write_json
 from nnunet_qg.benchmark.profiles import UPPER_BOUND, Profile
 
 FOLD = "0"
@@ -35,12 +36,20 @@ def dataset_ids(base_id: int, fractions: List[str], with_full: bool) -> Dict[str
 
 
 def prepare_datasets(source: str, split_file: str, ids: Dict[str, int], profile: Profile, env: Dict[str, str],
-                     log_dir: str, reader: Optional[str] = None) -> Dict[str, float]:
-    """Convert (fixed split), plan and preprocess each dataset with stock nnU-Net; seconds per stage."""
+                     log_dir: str, reader: Optional[str] = None, resume: bool = False) -> Dict[str, float]:
+    """Convert (fixed split), plan and preprocess each dataset with stock nnU-Net; seconds per dataset.
+
+    resume: a dataset already prepared completely by an earlier run of the same output folder is kept."""
     with open(split_file) as f:
         pool = json.load(f)["pool"]
     seconds = {}
     for key, dataset_id in ids.items():
+        marker = join(log_dir, f"prepared_{dataset_id}.json")
+        if resume and isfile(marker):
+            with open(marker) as f:
+                seconds[key] = json.load(f)["seconds"]
+            print(f"  dataset {dataset_id} ({key}): prepared by an earlier run, kept", flush=True)
+            continue
         split = ["--split-file", split_file] + (["--num-labelled", str(len(pool))] if key == UPPER_BOUND
                                                 else ["--labelled-set", key])
         for option, value in (("--max-unlabelled", profile.max_unlabelled), ("--max-test", profile.max_test),
@@ -54,6 +63,7 @@ def prepare_datasets(source: str, split_file: str, ids: Dict[str, int], profile:
         pipeline.plan_and_preprocess(dataset_id, env, log_dir, profile.configuration, profile.preprocess_processes,
                                      unlabelled=key != UPPER_BOUND)
         seconds[key] = time.time() - started
+        atomic_write_json({"seconds": seconds[key], "split_file": split_file}, marker)
     return seconds
 
 
@@ -77,7 +87,27 @@ def read_training_log(fold_folder: str) -> dict:
     return out
 
 
-def run_job(job: Job, profile: Profile, env: Dict[str, str], work: str) -> dict:
+def train_arm(job: Job, trainer: str, profile: Profile, env: Dict[str, str], fold: str, log_file: str,
+              resume: bool) -> dict:
+    """nnUNetv2_train for one arm. resume: a finished fold is kept, an interrupted one continues (--c)
+    from its latest checkpoint; wall seconds add up over the calls that finished."""
+    record = join(fold, "benchmark_training.json")
+    done = {"train_wall_s": 0.0, "calls": 0}
+    if resume and isfile(record):
+        with open(record) as f:
+            done = json.load(f)
+    if resume and isfile(join(fold, "checkpoint_final.pth")):
+        print(f"  {job.arm} ({job.fraction}, run {job.repeat}): trained by an earlier run, kept", flush=True)
+        return {**done, "resumed": True}
+    continuing = resume and isfile(join(fold, "checkpoint_latest.pth"))
+    seconds = pipeline.train(job.dataset_id, profile.configuration, FOLD, trainer, env, log_file,
+                             device=profile.device, continue_training=continuing)
+    done = {"train_wall_s": done["train_wall_s"] + seconds, "calls": done["calls"] + 1}
+    atomic_write_json(done, record)
+    return {**done, "resumed": continuing or done["calls"] > 1}
+
+
+def run_job(job: Job, profile: Profile, env: Dict[str, str], work: str, resume: bool = False) -> dict:
     """Train one arm, predict the held-out test cases with the last checkpoint, evaluate them."""
     trainer = profile.trainer(job.arm)
     env = {**env, "nnUNet_results": join(work, f"nnUNet_results_r{job.repeat}")}
@@ -90,8 +120,8 @@ def run_job(job: Job, profile: Profile, env: Dict[str, str], work: str) -> dict:
     shutil.rmtree(predictions, ignore_errors=True)
     row = {"arm": job.arm, "trainer": trainer, "fraction": job.fraction, "repeat": job.repeat,
            "dataset_id": job.dataset_id, "model_folder": fold}
-    row["train_wall_s"] = pipeline.train(job.dataset_id, profile.configuration, FOLD, trainer, env,
-                                         join(logs, f"train_{tag}.log"), device=profile.device)
+    training = train_arm(job, trainer, profile, env, fold, join(logs, f"train_{tag}.log"), resume)
+    row["train_wall_s"], row["resumed"] = training["train_wall_s"], training["resumed"]
     row["predict_wall_s"] = pipeline.predict(job.dataset_id, profile.configuration, FOLD, trainer, join(raw, "imagesTs"),
                                              predictions, env, join(logs, f"predict_{tag}.log"), device=profile.device,
                                              tta=profile.tta, num_processes=max(1, profile.n_proc_DA))
@@ -105,11 +135,11 @@ def run_job(job: Job, profile: Profile, env: Dict[str, str], work: str) -> dict:
 
 
 def run_jobs(jobs: List[Job], profile: Profile, env: Dict[str, str], work: str,
-             on_result: Callable[[dict], None]) -> List[dict]:
+             on_result: Callable[[dict], None], resume: bool = False) -> List[dict]:
     """Run the jobs, `profile.concurrency` at a time; each result is handed to on_result as it arrives."""
     rows = []
     with ThreadPoolExecutor(max(1, profile.concurrency)) as pool:
-        futures = {pool.submit(run_job, job, profile, env, work): job for job in jobs}
+        futures = {pool.submit(run_job, job, profile, env, work, resume): job for job in jobs}
         for future in as_completed(futures):
             job = futures[future]
             try:

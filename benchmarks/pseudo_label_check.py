@@ -1,0 +1,110 @@
+"""What PL-QW sees in a trained fold: the teacher's pseudo-labels and g's quality weights.
+
+    python benchmarks/pseudo_label_check.py -d 4 -tr nnUNetTrainerQGSSL [-c 3d_fullres] [--batches 10]
+
+Needs nnUNet_raw / nnUNet_preprocessed / nnUNet_results of a fold trained with a quality-guided
+trainer (it reads checkpoint_final.pth: student, EMA teacher and g). On labelled training patches
+(nnU-Net's augmentation) it compares the teacher's hard pseudo-labels with the labels (true Dice
+per label) and with g's prediction; on unlabelled patches (the teacher's view) it reports g's
+predictions, the quality weights w = q^T 1[q >= tau] and the share of pseudo-labels kept. If g
+rates the pseudo-labels of unlabelled patches far below those of labelled ones, PL-QW is not
+learning from the unlabelled data. Prints a table and writes JSON.
+"""
+import argparse
+import os
+import sys
+from os.path import abspath, dirname, join
+
+import numpy as np
+import torch
+
+sys.path.insert(0, dirname(abspath(__file__)))
+from common import device_description, print_table, write_json  # noqa: E402
+
+
+def dice_per_label(label_map: torch.Tensor, target: torch.Tensor, labels) -> list:
+    """Dice of one label map against one target, per label (both empty: 1)."""
+    out = []
+    for label in labels:
+        a, b = label_map == label, target == label
+        total = int(a.sum() + b.sum())
+        out.append(2 * int((a & b).sum()) / total if total else 1.0)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-d", required=True, help="dataset name or id")
+    parser.add_argument("-tr", required=True, help="trainer class of the fold (a quality-guided one)")
+    parser.add_argument("-c", default="3d_fullres")
+    parser.add_argument("-f", default="0", help="fold")
+    parser.add_argument("--batches", type=int, default=10, help="labelled and unlabelled batches each")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default="benchmark_results/pseudo_label_check.json")
+    args = parser.parse_args()
+    os.environ.setdefault("nnUNet_n_proc_DA", "0")
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunet_qg.quality.training import one_hot_foreground
+    from nnunet_qg.ssl_losses import quality_weights
+    from nnunet_qg.unlabeled.two_views import split_views
+
+    dataset = maybe_convert_to_dataset_name(args.d)
+    plans = load_json(join(nnUNet_preprocessed, dataset, "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    device = torch.device(args.device)
+    trainer = recursive_find_trainer_class_by_name(args.tr)(
+        plans=plans, configuration=args.c, fold=int(args.f), device=device,
+        dataset_json=load_json(join(nnUNet_preprocessed, dataset, "dataset.json")))
+    trainer.on_train_start()
+    trainer.load_checkpoint(join(nnUNet_results, dataset, f"{args.tr}__nnUNetPlans__{args.c}", f"fold_{args.f}",
+                                 "checkpoint_final.pth"))
+    g = trainer.quality_predictor.eval()
+    labels = trainer.label_manager.foreground_labels
+    all_labels = torch.as_tensor(trainer.label_manager.all_labels, device=device)
+    temperature = getattr(trainer, "quality_temperature", 2.0)
+    threshold = getattr(trainer, "quality_threshold", 0.5)
+
+    def judge(images: torch.Tensor):
+        """Teacher's hard pseudo-label (label values) and g's predicted Dice per label."""
+        label_map = all_labels[trainer.teacher_probabilities(images).argmax(1, keepdim=True)]
+        with torch.no_grad(), trainer._autocast():
+            return label_map, g(images, one_hot_foreground(label_map, labels)).float()
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    true_l, q_l, q_u = [], [], []
+    for _ in range(args.batches):
+        batch = next(trainer.dataloader_train)
+        data = batch["data"].to(device)
+        target = (batch["target"][0] if isinstance(batch["target"], list) else batch["target"]).to(device)
+        label_map, quality = judge(data)
+        q_l.append(quality.cpu().numpy())
+        true_l += [dice_per_label(label_map[i], target[i], labels) for i in range(data.shape[0])]
+        _, view_teacher = split_views(next(trainer.dataloader_unlabeled)["data"].to(device), data.shape[1])
+        q_u.append(judge(view_teacher)[1].cpu().numpy())
+    trainer.on_train_end()
+    true_l, q_l, q_u = np.array(true_l), np.concatenate(q_l), np.concatenate(q_u)
+    weights = quality_weights(torch.from_numpy(q_u.mean(1)), temperature, threshold).numpy()
+    rows = [{"patches": "labelled", "n": len(q_l), **{f"true Dice {l}": float(true_l[:, i].mean())
+                                                       for i, l in enumerate(labels)},
+             **{f"g {l}": float(q_l[:, i].mean()) for i, l in enumerate(labels)},
+             "g MAE": float(np.abs(q_l - true_l).mean()),
+             "weight mean": float(quality_weights(torch.from_numpy(q_l.mean(1)), temperature, threshold).mean()),
+             "kept": float((q_l.mean(1) >= threshold).mean())},
+            {"patches": "unlabelled", "n": len(q_u), **{f"true Dice {l}": "" for l in labels},
+             **{f"g {l}": float(q_u[:, i].mean()) for i, l in enumerate(labels)}, "g MAE": "",
+             "weight mean": float(weights.mean()), "kept": float((q_u.mean(1) >= threshold).mean())}]
+    print(f"\nTeacher pseudo-labels and g's quality weights, {dataset} {args.tr} fold {args.f}, "
+          f"{device_description(device)} (T={temperature}, tau={threshold})")
+    table = print_table(rows, list(rows[0]))
+    write_json({"dataset": dataset, "trainer": args.tr, "fold": args.f, "device": device_description(device),
+                "temperature": temperature, "threshold": threshold, "rows": rows, "table": table,
+                "labelled_true_dice": true_l.tolist(), "labelled_g": q_l.tolist(), "unlabelled_g": q_u.tolist()},
+               args.out)
+
+
+if __name__ == "__main__":
+    main()
