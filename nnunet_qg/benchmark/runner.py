@@ -44,18 +44,22 @@ def prepare_datasets(source: str, split_file: str, ids: Dict[str, int], profile:
         pool = json.load(f)["pool"]
     seconds = {}
     for key, dataset_id in ids.items():
-        marker = join(log_dir, f"prepared_{dataset_id}.json")
-        if resume and isfile(marker):
-            with open(marker) as f:
-                seconds[key] = json.load(f)["seconds"]
-            print(f"  dataset {dataset_id} ({key}): prepared by an earlier run, kept", flush=True)
-            continue
         split = ["--split-file", split_file] + (["--num-labelled", str(len(pool))] if key == UPPER_BOUND
                                                 else ["--labelled-set", key])
         for option, value in (("--max-unlabelled", profile.max_unlabelled), ("--max-test", profile.max_test),
                               ("--reader", reader)):
             if value is not None:
                 split += [option, str(value)]
+        # what the dataset was prepared from: an earlier run's dataset is kept only if it matches
+        recipe = {"source": source, "split": split, "configuration": profile.configuration}
+        marker = join(log_dir, f"prepared_{dataset_id}.json")
+        if resume and isfile(marker):
+            with open(marker) as f:
+                earlier = json.load(f)
+            if earlier["recipe"] == recipe:
+                seconds[key] = earlier["seconds"]
+                print(f"  dataset {dataset_id} ({key}): prepared by an earlier run, kept", flush=True)
+                continue
         started = time.time()
         print(f"  dataset {dataset_id} ({key}): convert, plan, preprocess", flush=True)
         pipeline.convert(CONVERTERS[profile.source_format], source, dataset_id, split + ["--overwrite"], env,
@@ -63,7 +67,7 @@ def prepare_datasets(source: str, split_file: str, ids: Dict[str, int], profile:
         pipeline.plan_and_preprocess(dataset_id, env, log_dir, profile.configuration, profile.preprocess_processes,
                                      unlabelled=key != UPPER_BOUND)
         seconds[key] = time.time() - started
-        atomic_write_json({"seconds": seconds[key], "split_file": split_file}, marker)
+        atomic_write_json({"seconds": seconds[key], "recipe": recipe}, marker)
     return seconds
 
 
