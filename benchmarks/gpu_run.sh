@@ -7,6 +7,7 @@
 # The benchmark runs with --continue: when one call's time runs out, a SECOND call of this script
 # made at once (the machine stays warm for 30 s, /tmp is kept) keeps the prepared data and the
 # finished arms and continues the interrupted ones from their latest checkpoint (every 5 epochs).
+# Give that second call BUDGET_S = the device time left minus a minute (status says what is left).
 set -uo pipefail
 BUDGET_S=${BUDGET_S:-570}
 # 2026-11-26 (H100): QG-SSL trained 35 of 40 epochs in one call beside the supervised arm (about

@@ -8,11 +8,13 @@ trainer (it reads checkpoint_final.pth: student, EMA teacher and g). On labelled
 per label) and with g's prediction; on unlabelled patches (the teacher's view) it reports g's
 predictions, the quality weights w = q^T 1[q >= tau] and the share of pseudo-labels kept. If g
 rates the pseudo-labels of unlabelled patches far below those of labelled ones, PL-QW is not
-learning from the unlabelled data. Prints a table and writes JSON.
+learning from the unlabelled data. Prints a table and writes JSON; the fold folder is only read.
 """
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 from os.path import abspath, dirname, join
 
 import numpy as np
@@ -43,8 +45,14 @@ def main() -> None:
     parser.add_argument("--out", default="benchmark_results/pseudo_label_check.json")
     args = parser.parse_args()
     os.environ.setdefault("nnUNet_n_proc_DA", "0")
+    if not os.environ.get("nnUNet_results"):
+        raise SystemExit("ERROR: set nnUNet_results to the results folder of the trained fold.")
+    # the fold is only read: the trainer built here writes its own files (log, debug.json, plans copies)
+    # into a scratch results folder, set before nnU-Net reads its paths
+    results = os.environ["nnUNet_results"]
+    os.environ["nnUNet_results"] = scratch = tempfile.mkdtemp(prefix="pseudo_label_check_")
     from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
+    from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     from nnunet_qg.quality.training import one_hot_foreground
@@ -52,6 +60,11 @@ def main() -> None:
     from nnunet_qg.unlabeled.two_views import split_views
 
     dataset = maybe_convert_to_dataset_name(args.d)
+    fold_folder = join(results, dataset, f"{args.tr}__nnUNetPlans__{args.c}", f"fold_{args.f}")
+    if not os.path.isfile(join(fold_folder, "checkpoint_final.pth")):
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise SystemExit(f"ERROR: {join(fold_folder, 'checkpoint_final.pth')} not found: train the fold first "
+                         f"(nnUNetv2_train {args.d} {args.c} {args.f} -tr {args.tr}).")
     plans = load_json(join(nnUNet_preprocessed, dataset, "nnUNetPlans.json"))
     plans["continue_training"] = False
     device = torch.device(args.device)
@@ -59,8 +72,7 @@ def main() -> None:
         plans=plans, configuration=args.c, fold=int(args.f), device=device,
         dataset_json=load_json(join(nnUNet_preprocessed, dataset, "dataset.json")))
     trainer.on_train_start()
-    trainer.load_checkpoint(join(nnUNet_results, dataset, f"{args.tr}__nnUNetPlans__{args.c}", f"fold_{args.f}",
-                                 "checkpoint_final.pth"))
+    trainer.load_checkpoint(join(fold_folder, "checkpoint_final.pth"))
     g = trainer.quality_predictor.eval()
     labels = trainer.label_manager.foreground_labels
     all_labels = torch.as_tensor(trainer.label_manager.all_labels, device=device)
@@ -85,7 +97,10 @@ def main() -> None:
         true_l += [dice_per_label(label_map[i], target[i], labels) for i in range(data.shape[0])]
         _, view_teacher = split_views(next(trainer.dataloader_unlabeled)["data"].to(device), data.shape[1])
         q_u.append(judge(view_teacher)[1].cpu().numpy())
-    trainer.on_train_end()
+    for loader in (trainer.dataloader_train, trainer.dataloader_val, trainer.dataloader_unlabeled):
+        if hasattr(loader, "_finish"):  # not on_train_end: that would write a checkpoint
+            loader._finish()
+    shutil.rmtree(scratch, ignore_errors=True)
     true_l, q_l, q_u = np.array(true_l), np.concatenate(q_l), np.concatenate(q_u)
     weights = quality_weights(torch.from_numpy(q_u.mean(1)), temperature, threshold).numpy()
     rows = [{"patches": "labelled", "n": len(q_l), **{f"true Dice {l}": float(true_l[:, i].mean())

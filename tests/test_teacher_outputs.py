@@ -58,3 +58,28 @@ def test_teacher_probabilities_per_sample_and_consistency_gradient(phantom_env, 
     result = run_cli([sys.executable, "-c", CHECK, trainer, f"Dataset{PHANTOM_ID:03d}_Phantom"], phantom_env,
                      timeout=600, cwd=tmp_path)
     assert "OK" in result.stdout
+
+
+def test_pseudo_label_check_reads_a_trained_fold_and_leaves_it_alone(phantom_copy, tmp_path):
+    """benchmarks/pseudo_label_check.py on a QG-SSL fold: a row per kind of patch, true Dice in range,
+    and the fold folder untouched (no log, no rewritten checkpoint)."""
+    import json
+
+    from conftest import REPO
+
+    env = phantom_copy
+    run_cli(["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", "nnUNetTrainerQGSSL_debug", "-device", "cpu"],
+            env)
+    fold = (tmp_path / "nnUNet_results" / f"Dataset{PHANTOM_ID:03d}_Phantom" /
+            "nnUNetTrainerQGSSL_debug__nnUNetPlans__3d_fullres" / "fold_0")
+    before = {p.name: p.stat().st_mtime_ns for p in fold.iterdir()}
+    out = tmp_path / "check.json"
+    proc = run_cli([sys.executable, str(REPO / "benchmarks" / "pseudo_label_check.py"), "-d", str(PHANTOM_ID),
+                    "-tr", "nnUNetTrainerQGSSL_debug", "--batches", "2", "--device", "cpu", "--out", str(out)],
+                   env, cwd=tmp_path)
+    rows = {r["patches"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["labelled"]["n"] == rows["unlabelled"]["n"] == 4  # 2 batches of 2
+    assert all(0.0 <= rows["labelled"][f"true Dice {l}"] <= 1.0 for l in (1, 2))
+    assert 0.0 <= rows["unlabelled"]["weight mean"] <= 1.0 and "| unlabelled |" in proc.stdout
+    after = {p.name: p.stat().st_mtime_ns for p in fold.iterdir()}
+    assert after == before, sorted(set(after.items()) ^ set(before.items()))
