@@ -24,16 +24,6 @@ sys.path.insert(0, dirname(abspath(__file__)))
 from common import device_description, print_table, write_json  # noqa: E402
 
 
-def dice_per_label(label_map: torch.Tensor, target: torch.Tensor, labels) -> list:
-    """Dice of one label map against one target, per label (both empty: 1)."""
-    out = []
-    for label in labels:
-        a, b = label_map == label, target == label
-        total = int(a.sum() + b.sum())
-        out.append(2 * int((a & b).sum()) / total if total else 1.0)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-d", required=True, help="dataset name or id")
@@ -55,6 +45,7 @@ def main() -> None:
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunet_qg.quality.dice import dice_per_label
     from nnunet_qg.quality.training import one_hot_foreground
     from nnunet_qg.ssl_losses import quality_weights
     from nnunet_qg.unlabeled.two_views import split_views
@@ -94,7 +85,8 @@ def main() -> None:
         target = (batch["target"][0] if isinstance(batch["target"], list) else batch["target"]).to(device)
         label_map, quality = judge(data)
         q_l.append(quality.cpu().numpy())
-        true_l += [dice_per_label(label_map[i], target[i], labels) for i in range(data.shape[0])]
+        true_l += [dice_per_label(label_map[i].cpu().numpy(), target[i].cpu().numpy(), labels)
+                   for i in range(data.shape[0])]
         _, view_teacher = split_views(next(trainer.dataloader_unlabeled)["data"].to(device), data.shape[1])
         q_u.append(judge(view_teacher)[1].cpu().numpy())
     for loader in (trainer.dataloader_train, trainer.dataloader_val, trainer.dataloader_unlabeled):
