@@ -43,7 +43,11 @@ def test_benchmark_pipeline_two_arms(tmp_path):
     # --continue (a run cut off by a device's time limit): the prepared dataset and the finished arm
     # are kept; an arm with only its latest checkpoint continues from it (nnUNetv2_train --c)
     folds = {r["arm"]: Path(r["model_folder"]) for r in runs}
-    (folds["supervised"] / "checkpoint_final.pth").rename(folds["supervised"] / "checkpoint_latest.pth")
+    latest = folds["supervised"] / "checkpoint_latest.pth"
+    (folds["supervised"] / "checkpoint_final.pth").rename(latest)
+    # as if the call had been cut off 1000 s after it started, its last checkpoint written at the end
+    record = folds["supervised"] / "benchmark_training.json"
+    record.write_text(json.dumps({"calls": [{"start": latest.stat().st_mtime - 1000, "seconds": None}]}))
     again = run_cli(["nnUNetv2_qg_benchmark", "-i", str(source), "--profile", "tiny", "--fractions", "tiny",
                      "-o", str(out), "-d", "720", "--continue"], env, timeout=1500)
     assert "prepared by an earlier run, kept" in again.stdout
@@ -51,8 +55,8 @@ def test_benchmark_pipeline_two_arms(tmp_path):
     rerun = {r["arm"]: r for r in json.loads((out / "ssl_benchmark.json").read_text())["runs"]}
     assert rerun["supervised"]["resumed"] and (folds["supervised"] / "checkpoint_final.pth").is_file()
     assert rerun["supervised"]["epochs"] == 2 and rerun["qg_ssl"]["dice"] == qg["dice"]
-    first = next(r for r in runs if r["arm"] == "supervised")
-    assert rerun["supervised"]["train_wall_s"] > first["train_wall_s"]  # both calls counted
+    assert rerun["supervised"]["train_wall_s"] > 1000  # the cut-off call counted to its last checkpoint
+    assert rerun["qg_ssl"]["train_wall_s"] == qg["train_wall_s"]  # kept: its one finished call
 
 
 def test_benchmark_ph2_2d_profile_writes_its_split(tmp_path):

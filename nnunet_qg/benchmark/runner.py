@@ -94,21 +94,30 @@ def read_training_log(fold_folder: str) -> dict:
 def train_arm(job: Job, trainer: str, profile: Profile, env: Dict[str, str], fold: str, log_file: str,
               resume: bool) -> dict:
     """nnUNetv2_train for one arm. resume: a finished fold is kept, an interrupted one continues (--c)
-    from its latest checkpoint; wall seconds add up over the calls that finished."""
+    from its latest checkpoint. Training wall time adds up over the calls; a call that was cut off
+    counts until its last checkpoint (the work after it is redone by the next call)."""
     record = join(fold, "benchmark_training.json")
-    done = {"train_wall_s": 0.0, "calls": 0}
+    calls: List[dict] = []  # per call: start time and seconds (None while it runs)
     if resume and isfile(record):
         with open(record) as f:
-            done = json.load(f)
+            calls = json.load(f)["calls"]
+    checkpoints = [join(fold, c) for c in ("checkpoint_latest.pth", "checkpoint_final.pth") if isfile(join(fold, c))]
+    for call in calls:
+        if call["seconds"] is None:
+            last = max((os.path.getmtime(c) for c in checkpoints), default=call["start"])
+            call["seconds"] = max(0.0, last - call["start"])
     if resume and isfile(join(fold, "checkpoint_final.pth")):
         print(f"  {job.arm} ({job.fraction}, run {job.repeat}): trained by an earlier run, kept", flush=True)
-        return {**done, "resumed": True}
+        # trained before these records were kept: the time is unknown
+        return {"train_wall_s": sum(c["seconds"] for c in calls) if calls else float("nan"), "resumed": True}
     continuing = resume and isfile(join(fold, "checkpoint_latest.pth"))
-    seconds = pipeline.train(job.dataset_id, profile.configuration, FOLD, trainer, env, log_file,
-                             device=profile.device, continue_training=continuing)
-    done = {"train_wall_s": done["train_wall_s"] + seconds, "calls": done["calls"] + 1}
-    atomic_write_json(done, record)
-    return {**done, "resumed": continuing or done["calls"] > 1}
+    calls.append({"start": time.time(), "seconds": None})
+    os.makedirs(fold, exist_ok=True)
+    atomic_write_json({"calls": calls}, record)  # written first, so a call that is cut off is known
+    calls[-1]["seconds"] = pipeline.train(job.dataset_id, profile.configuration, FOLD, trainer, env, log_file,
+                                          device=profile.device, continue_training=continuing)
+    atomic_write_json({"calls": calls}, record)
+    return {"train_wall_s": sum(c["seconds"] for c in calls), "resumed": len(calls) > 1}
 
 
 def run_job(job: Job, profile: Profile, env: Dict[str, str], work: str, resume: bool = False) -> dict:
