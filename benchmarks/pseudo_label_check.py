@@ -66,13 +66,12 @@ def main() -> None:
     trainer.load_checkpoint(join(fold_folder, "checkpoint_final.pth"))
     g = trainer.quality_predictor.eval()
     labels = trainer.label_manager.foreground_labels
-    all_labels = torch.as_tensor(trainer.label_manager.all_labels, device=device)
     temperature = getattr(trainer, "quality_temperature", 2.0)
     threshold = getattr(trainer, "quality_threshold", 0.5)
 
     def judge(images: torch.Tensor):
         """Teacher's hard pseudo-label (label values) and g's predicted Dice per label."""
-        label_map = all_labels[trainer.teacher_probabilities(images).argmax(1, keepdim=True)]
+        label_map = trainer.quality.predicted_label_map(trainer.teacher_probabilities(images))
         with torch.no_grad(), trainer._autocast():
             return label_map, g(images, one_hot_foreground(label_map, labels)).float()
 

@@ -92,10 +92,8 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
 
     def qar_loss(self, output_unlabeled, view_student) -> torch.Tensor:
         """Quality-aware regularisation: 1 - g(x, softmax(f(x))); gradients flow through frozen g into f."""
-        logits = highest_resolution(output_unlabeled)
-        probs = torch.softmax(logits.float(), 1)
-        fg = [self.label_manager.all_labels.index(l) for l in self.label_manager.foreground_labels]
-        return 1 - self.quality_predictor(view_student, probs[:, fg]).mean()
+        probs = self.quality.foreground_softmax(highest_resolution(output_unlabeled))
+        return 1 - self.quality_predictor(view_student, probs).mean()
 
     def after_train_step(self, data, target, output_labeled) -> Dict[str, StepValue]:
         return {**super().after_train_step(data, target, output_labeled),

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunet_qg.networks import batch_probabilities
 from nnunet_qg.quality.corruptions import MaskCorruptor
 from nnunet_qg.quality.dice import soft_dice_per_label
 from nnunet_qg.quality.network import QualityPredictor
@@ -89,7 +90,7 @@ class QualityPredictorTrainer:
 
     def foreground_softmax(self, seg_logits: torch.Tensor) -> torch.Tensor:
         """The network's softmax of the foreground labels (B, L, ...): a soft mask, or g's `belief`."""
-        return torch.softmax(seg_logits.float(), 1)[:, [self.all_labels.index(l) for l in self.labels]]
+        return batch_probabilities(seg_logits, has_regions=False)[:, [self.all_labels.index(l) for l in self.labels]]
 
     def real_samples(self, target: torch.Tensor, seg_logits: torch.Tensor, soft: bool):
         """Masks from the network's predictions (one-hot or softmax) and their true Dice."""
