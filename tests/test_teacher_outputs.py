@@ -36,23 +36,38 @@ CHECK = textwrap.dedent("""
     assert teacher.shape == student.shape, (teacher.shape, student.shape)
     assert torch.allclose(teacher.sum(1), torch.ones_like(teacher[:, 0]), atol=1e-5), "not normalised per voxel"
     assert torch.allclose(teacher, student, atol=1e-5), "teacher != student although their weights are equal"
-    if hasattr(trainer, "pseudo_labels_and_quality"):
-        pseudo, quality = trainer.pseudo_labels_and_quality(x, teacher)
+    quality_guided = hasattr(trainer, "pseudo_labels")
+    if quality_guided:
+        pseudo, mask = trainer.pseudo_labels(teacher)
         assert torch.equal(pseudo[:, 0], student.argmax(1)), "pseudo-labels are not the teacher's argmax"
-        assert quality.shape == (3,)
+        channels = trainer.quality.foreground_channels
+        assert torch.equal(mask, torch.stack([student.argmax(1) == c for c in channels], 1).float())
+        trainer.quality.freeze()  # as after the warm-up
         trainer._weights = {"plqw": 1.0, "qar": 0.01}
     # the unlabelled loss alone moves the student
     trainer.network.zero_grad(set_to_none=True)
-    loss, _ = trainer.compute_unlabeled_loss(trainer.network(x), x, x + 0.3 * torch.randn_like(x))
+    view_teacher = x + 0.3 * torch.randn_like(x)
+    output = trainer.network(x)
+    loss, extras = trainer.compute_unlabeled_loss(output, x, view_teacher)
+    if quality_guided:  # PL-QW and QAR share one pass of g: the same values as a pass each
+        g = trainer.quality_predictor
+        with torch.no_grad():
+            plqw_quality = g(view_teacher, trainer.pseudo_labels(trainer.teacher_probabilities(view_teacher))[1])
+            qar = 1 - g(x, trainer.quality.foreground_softmax(highest_resolution(output))).mean()
+        assert torch.allclose(extras["ssl_pseudo_label_quality"], plqw_quality.float().mean(), atol=1e-5)
+        assert torch.allclose(extras["ssl_loss_qar"], qar, atol=1e-5)
     assert loss.requires_grad, "the unlabelled loss has no gradient"
     loss.backward()
     grads = [p.grad.abs().sum() for p in trainer.network.parameters() if p.grad is not None]
     assert grads and float(sum(grads)) > 0, "no gradient reached the student"
+    if quality_guided:
+        assert all(p.grad is None for p in g.parameters()), "the unlabelled loss reached g's parameters"
     print("OK", float(loss))
 """)
 
 
-@pytest.mark.parametrize("trainer", ["nnUNetTrainerMeanTeacher_debug", "nnUNetTrainerQGSSL_debug"])
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerMeanTeacher_debug", "nnUNetTrainerQGSSL_debug",
+                                     "nnUNetTrainerMTQW_debug"])
 def test_teacher_probabilities_per_sample_and_consistency_gradient(phantom_env, tmp_path, trainer):
     # run outside the source tree, so the installed package (with its trainers) is the one imported
     result = run_cli([sys.executable, "-c", CHECK, trainer, f"Dataset{PHANTOM_ID:03d}_Phantom"], phantom_env,

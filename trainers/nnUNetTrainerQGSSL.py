@@ -12,7 +12,6 @@ from typing import Dict, Tuple
 import torch
 
 from nnunet_qg.networks import highest_resolution
-from nnunet_qg.quality.training import one_hot_foreground
 from nnunet_qg.ramps import linear_rampup
 from nnunet_qg.ssl_losses import per_sample_dice_ce, quality_weights, softmax_mse_per_sample, weighted_mean
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
@@ -65,15 +64,11 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         self._weights = self.component_weights_at(self.current_epoch)
 
     # ------------------------------------------------------------------ losses
-    def pseudo_labels_and_quality(self, view_teacher: torch.Tensor, teacher_probs: torch.Tensor
-                                  ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Teacher's hard pseudo-label (channel index, B x 1 x ...) and g's sample quality (mean over labels)."""
-        with torch.no_grad():
-            pseudo = teacher_probs.argmax(1, keepdim=True)
-            label_map = torch.as_tensor(self.label_manager.all_labels, device=pseudo.device)[pseudo]
-            quality = self.quality_predictor(view_teacher, one_hot_foreground(label_map,
-                                                                              self.label_manager.foreground_labels))
-        return pseudo, quality.float().mean(1)
+    def pseudo_labels(self, teacher_probs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's hard pseudo-label as channel indices (B x 1 x ...) and as the foreground one-hot
+        mask g judges (B x L x ...)."""
+        pseudo = teacher_probs.argmax(1, keepdim=True)
+        return pseudo, self.quality.channel_one_hot(pseudo)
 
     def quality_weight(self, quality: torch.Tensor) -> torch.Tensor:
         return quality_weights(quality, self.quality_temperature, self.quality_threshold)
@@ -83,34 +78,47 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
                 "ssl_pseudo_label_kept": (quality >= self.quality_threshold).float().mean(),
                 "ssl_pseudo_label_quality": quality.mean()}
 
-    def plqw_loss(self, output_unlabeled, view_teacher) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Quality-weighted pseudo-labels: per-sample Dice+CE against the teacher, weighted by g."""
-        pseudo, quality = self.pseudo_labels_and_quality(view_teacher, self.teacher_probabilities(view_teacher))
+    def plqw_loss(self, output_unlabeled, teacher_probs: torch.Tensor, pseudo: torch.Tensor,
+                  quality: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Quality-weighted pseudo-labels: per-sample Dice+CE against the teacher's pseudo-labels
+        `pseudo`, weighted by g's sample quality `quality` (B,)."""
         weights = self.quality_weight(quality)
         losses = per_sample_dice_ce(output_unlabeled, pseudo, getattr(self.loss, "weight_factors", None))
         return weighted_mean(losses, weights), self.pseudo_label_stats(quality, weights)
 
-    def qar_loss(self, output_unlabeled, view_student) -> torch.Tensor:
-        """Quality-aware regularisation: 1 - g(x, softmax(f(x))); gradients flow through frozen g into f."""
-        probs = self.quality.foreground_softmax(highest_resolution(output_unlabeled))
-        return 1 - self.quality_predictor(view_student, probs).mean()
+    def compute_unlabeled_loss(self, output_unlabeled, view_student, view_teacher):
+        """PL-QW and QAR, with ONE pass of g over both of their (image, mask) pairs: g normalises each
+        sample on its own and runs in eval mode, so this equals two passes, with half the kernel launches
+        (a step at small patches is bound by launches, not arithmetic). g is frozen: QAR's gradient
+        reaches the student through the soft mask, never g's parameters; PL-QW's half is detached."""
+        use_plqw, use_qar = self._weights["plqw"] > 0, self._weights["qar"] > 0
+        total, extras = torch.zeros((), device=self.device), {}
+        if not (use_plqw or use_qar):
+            return total, extras
+        images, masks = [], []
+        if use_plqw:
+            teacher_probs = self.teacher_probabilities(view_teacher)
+            pseudo, pseudo_mask = self.pseudo_labels(teacher_probs)
+            images.append(view_teacher)
+            masks.append(pseudo_mask)
+        if use_qar:  # 1 - g(x, softmax(f(x))) on the student's own view
+            images.append(view_student)
+            masks.append(self.quality.foreground_softmax(highest_resolution(output_unlabeled)))
+        with torch.set_grad_enabled(use_qar and torch.is_grad_enabled()):
+            quality = self.quality_predictor(torch.cat(images), torch.cat(masks)).split(view_student.shape[0])
+        if use_plqw:
+            loss, info = self.plqw_loss(output_unlabeled, teacher_probs, pseudo, quality[0].detach().float().mean(1))
+            total = total + self._weights["plqw"] * loss
+            extras.update(info, ssl_loss_plqw=loss.detach())
+        if use_qar:
+            loss = 1 - quality[-1].mean()
+            total = total + self._weights["qar"] * loss
+            extras["ssl_loss_qar"] = loss.detach()
+        return total, extras
 
     def after_train_step(self, data, target, output_labeled) -> Dict[str, StepValue]:
         return {**super().after_train_step(data, target, output_labeled),
                 "ssl_weight_plqw": self._weights["plqw"], "ssl_weight_qar": self._weights["qar"]}
-
-    def compute_unlabeled_loss(self, output_unlabeled, view_student, view_teacher):
-        total = torch.zeros((), device=self.device)
-        extras = {}
-        if self._weights["plqw"] > 0:
-            loss, info = self.plqw_loss(output_unlabeled, view_teacher)
-            total = total + self._weights["plqw"] * loss
-            extras.update(info, ssl_loss_plqw=loss.detach())
-        if self._weights["qar"] > 0:
-            loss = self.qar_loss(output_unlabeled, view_student)
-            total = total + self._weights["qar"] * loss
-            extras["ssl_loss_qar"] = loss.detach()
-        return total, extras
 
     def ssl_progress_panels(self):
         panels = super().ssl_progress_panels()
@@ -157,10 +165,8 @@ class nnUNetTrainerMTQW(nnUNetTrainerQGSSL):
         self.qar_weight = 0.0
         self.plqw_weight = 1.0  # the consistency term takes PL-QW's place and schedule
 
-    def plqw_loss(self, output_unlabeled, view_teacher):
-        teacher_probs = self.teacher_probabilities(view_teacher)  # one teacher pass for weights and target
-        _, quality = self.pseudo_labels_and_quality(view_teacher, teacher_probs)
+    def plqw_loss(self, output_unlabeled, teacher_probs, pseudo, quality):
+        """Per-sample softmax MSE to the teacher (its target and g's weights from one teacher pass)."""
         weights = self.quality_weight(quality)
-        logits = highest_resolution(output_unlabeled)
-        losses = softmax_mse_per_sample(logits, teacher_probs)
+        losses = softmax_mse_per_sample(highest_resolution(output_unlabeled), teacher_probs)
         return weighted_mean(losses, weights), self.pseudo_label_stats(quality, weights)

@@ -50,6 +50,10 @@ PROFILES: Dict[str, Profile] = {
     # a 2-core CPU in under an hour: one arm at a time, 10 x 10 iterations, batch 2, no test-time mirroring
     "cpu-small": Profile("cpu-small", "cpuSmall", "cpu", concurrency=1, n_proc_DA=0, preprocess_processes=2,
                          tta=False),
+    # a 2-core CPU in about 100 minutes, long enough for the networks to segment (cpu-small is not): the
+    # lower bound, Mean Teacher and QG-SSL, 20 x 30 iterations at batch 2, one loader worker each
+    "cpu-medium": Profile("cpu-medium", "cpuMedium", "cpu", concurrency=1, n_proc_DA=1, preprocess_processes=2,
+                          tta=False, arms=("supervised", "mean_teacher", "qg_ssl")),
     # PH2 (2D dermoscopy, RGB): 20 labelled, 130 unlabelled, 50 test, the 2d configuration
     "ph2-gpu": Profile("ph2-gpu", "40epochs", "cuda", concurrency=8, n_proc_DA=2, preprocess_processes=12, tta=True,
                        fractions=("20labelled",), configuration="2d", source_format="ph2"),

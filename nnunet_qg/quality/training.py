@@ -71,6 +71,9 @@ class QualityPredictorTrainer:
         self.train_model = train_model if train_model is not None else model  # e.g. DDP-wrapped g
         self.labels = [int(l) for l in labels]
         self.all_labels = [int(l) for l in all_labels]
+        # the network's output channel of each foreground label, and of each label value (device copies cached)
+        self.foreground_channels = [self.all_labels.index(l) for l in self.labels]
+        self._label_values: Dict[torch.device, torch.Tensor] = {}
         self.real_fraction = real_fraction
         self.masks_per_sample = masks_per_sample  # g is cheap next to the network: several masks per patch
         self.soft_fraction = soft_fraction
@@ -85,12 +88,24 @@ class QualityPredictorTrainer:
 
     # ----------------------------------------------------------------- samples
     def predicted_label_map(self, seg_logits: torch.Tensor) -> torch.Tensor:
-        channel = seg_logits.argmax(1, keepdim=True)
-        return torch.as_tensor(self.all_labels, device=seg_logits.device)[channel]
+        """The network's hard prediction as label values (B, 1, ...)."""
+        device = seg_logits.device
+        if device not in self._label_values:  # copied once: a copy from host memory per call makes the host wait
+            self._label_values[device] = torch.as_tensor(self.all_labels, device=device)
+        return self._label_values[device][seg_logits.argmax(1, keepdim=True)]
+
+    def channel_one_hot(self, channel: torch.Tensor) -> torch.Tensor:
+        """A hard prediction given as output channel indices (B, 1, ...) -> one-hot of the foreground labels
+        (B, L, ...), the mask g reads."""
+        return one_hot_foreground(channel, self.foreground_channels)
 
     def foreground_softmax(self, seg_logits: torch.Tensor) -> torch.Tensor:
         """The network's softmax of the foreground labels (B, L, ...): a soft mask, or g's `belief`."""
-        return batch_probabilities(seg_logits, has_regions=False)[:, [self.all_labels.index(l) for l in self.labels]]
+        probs = batch_probabilities(seg_logits, has_regions=False)
+        first, last = self.foreground_channels[0], self.foreground_channels[-1]
+        if self.foreground_channels == list(range(first, last + 1)):  # the usual case: a slice, no index copy
+            return probs[:, first:last + 1]
+        return probs[:, self.foreground_channels]
 
     def real_samples(self, target: torch.Tensor, seg_logits: torch.Tensor, soft: bool):
         """Masks from the network's predictions (one-hot or softmax) and their true Dice."""
