@@ -57,6 +57,7 @@ def test_benchmark_pipeline_two_arms(tmp_path):
     assert rerun["supervised"]["epochs"] == 2 and rerun["qg_ssl"]["dice"] == qg["dice"]
     assert rerun["supervised"]["train_wall_s"] > 1000  # the cut-off call counted to its last checkpoint
     assert rerun["qg_ssl"]["train_wall_s"] == qg["train_wall_s"]  # kept: its one finished call
+    assert rerun["qg_ssl"]["resumed"] is False  # kept, trained in one call
 
 
 def test_benchmark_ph2_2d_profile_writes_its_split(tmp_path):

@@ -108,8 +108,9 @@ def train_arm(job: Job, trainer: str, profile: Profile, env: Dict[str, str], fol
             call["seconds"] = max(0.0, last - call["start"])
     if resume and isfile(join(fold, "checkpoint_final.pth")):
         print(f"  {job.arm} ({job.fraction}, run {job.repeat}): trained by an earlier run, kept", flush=True)
-        # trained before these records were kept: the time is unknown
-        return {"train_wall_s": sum(c["seconds"] for c in calls) if calls else float("nan"), "resumed": True}
+        # no records (trained before they were kept): time and resumption unknown
+        return {"train_wall_s": sum(c["seconds"] for c in calls) if calls else float("nan"),
+                "resumed": len(calls) > 1 if calls else None}
     continuing = resume and isfile(join(fold, "checkpoint_latest.pth"))
     calls.append({"start": time.time(), "seconds": None})
     os.makedirs(fold, exist_ok=True)
