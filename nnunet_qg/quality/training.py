@@ -73,6 +73,10 @@ class QualityPredictorTrainer:
         self.all_labels = [int(l) for l in all_labels]
         # the network's output channel of each foreground label, and of each label value (device copies cached)
         self.foreground_channels = [self.all_labels.index(l) for l in self.labels]
+        first, last = (self.foreground_channels[0], self.foreground_channels[-1]) if self.labels else (0, -1)
+        # the usual case, consecutive channels, as a slice: indexing with a list copies it to the device per call
+        self._foreground_index = slice(first, last + 1) \
+            if self.foreground_channels == list(range(first, last + 1)) else self.foreground_channels
         self._label_values: Dict[torch.device, torch.Tensor] = {}
         self.real_fraction = real_fraction
         self.masks_per_sample = masks_per_sample  # g is cheap next to the network: several masks per patch
@@ -101,11 +105,7 @@ class QualityPredictorTrainer:
 
     def foreground_softmax(self, seg_logits: torch.Tensor) -> torch.Tensor:
         """The network's softmax of the foreground labels (B, L, ...): a soft mask, or g's `belief`."""
-        probs = batch_probabilities(seg_logits, has_regions=False)
-        first, last = self.foreground_channels[0], self.foreground_channels[-1]
-        if self.foreground_channels == list(range(first, last + 1)):  # the usual case: a slice, no index copy
-            return probs[:, first:last + 1]
-        return probs[:, self.foreground_channels]
+        return batch_probabilities(seg_logits, has_regions=False)[:, self._foreground_index]
 
     def real_samples(self, target: torch.Tensor, seg_logits: torch.Tensor, soft: bool):
         """Masks from the network's predictions (one-hot or softmax) and their true Dice."""
