@@ -4,6 +4,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import SHARED_DATA, nnunet_env, run_cli
 
@@ -24,7 +25,7 @@ def test_benchmark_pipeline_two_arms(tmp_path):
     source, env = _phantom_with_split(tmp_path)
     out = tmp_path / "bench"
     proc = run_cli(["nnUNetv2_qg_benchmark", "-i", str(source), "--profile", "tiny", "--fractions", "tiny",
-                    "-o", str(out), "-d", "720"], env, timeout=1500)
+                    "-o", str(out), "-d", "720", "--seed", "0"], env, timeout=1500)
     result = json.loads((out / "ssl_benchmark.json").read_text())
     runs = result["runs"]
     assert sorted(r["arm"] for r in runs) == ["qg_ssl", "supervised"]
@@ -40,6 +41,16 @@ def test_benchmark_pipeline_two_arms(tmp_path):
     assert (out / "ssl_benchmark.png").stat().st_size > 0
     assert proc.stdout.rstrip().endswith(table.rstrip().splitlines()[-1])  # the table is printed last
 
+    # seeded (--seed 0): both arms start from the same weights and draw the same labelled patches, so
+    # QG-SSL's warm-up (epoch 0: supervised loss, g trained beside it) is nnU-Net's training exactly;
+    # from epoch 1 its unlabelled losses make it differ
+    assert all(r["seed"] == 0 for r in runs) and "run r seeded with nnUNet_qg_seed = 0 + r" in table
+    logs = {r["arm"]: torch.load(Path(r["model_folder"]) / "checkpoint_final.pth", map_location="cpu",
+                                 weights_only=False)["logging"] for r in runs}
+    for key in ("train_losses", "val_losses", "mean_fg_dice"):
+        assert float(logs["qg_ssl"][key][0]) == float(logs["supervised"][key][0]), key
+    assert float(logs["qg_ssl"]["train_losses"][1]) != float(logs["supervised"]["train_losses"][1])
+
     # --continue (a run cut off by a device's time limit): the prepared dataset and the finished arm
     # are kept; an arm with only its latest checkpoint continues from it (nnUNetv2_train --c)
     folds = {r["arm"]: Path(r["model_folder"]) for r in runs}
@@ -49,7 +60,7 @@ def test_benchmark_pipeline_two_arms(tmp_path):
     record = folds["supervised"] / "benchmark_training.json"
     record.write_text(json.dumps({"calls": [{"start": latest.stat().st_mtime - 1000, "seconds": None}]}))
     again = run_cli(["nnUNetv2_qg_benchmark", "-i", str(source), "--profile", "tiny", "--fractions", "tiny",
-                     "-o", str(out), "-d", "720", "--continue"], env, timeout=1500)
+                     "-o", str(out), "-d", "720", "--seed", "0", "--continue"], env, timeout=1500)
     assert "prepared by an earlier run, kept" in again.stdout
     assert "qg_ssl (tiny, run 0): trained by an earlier run, kept" in again.stdout
     rerun = {r["arm"]: r for r in json.loads((out / "ssl_benchmark.json").read_text())["runs"]}

@@ -1,4 +1,4 @@
-"""Small pieces: loader, seeds, sharding, EMA teacher, ramp, split files."""
+"""Small pieces: loader, seeds (workers, nnUNet_qg_seed, g's private generator), sharding, EMA teacher, ramp, split files."""
 import json
 from pathlib import Path
 
@@ -35,6 +35,38 @@ def test_worker_seeds_distinct_per_worker_and_rank():
     seeds = [s for rank in range(4) for s in worker_seeds(12345, rank, 8)]
     assert len(set(seeds)) == len(seeds) == 32
     assert worker_seeds(12345, 1, 8) == worker_seeds(12345, 1, 8)
+
+
+def test_training_seed_from_environment(monkeypatch):
+    from nnunet_qg.trainers.seeded_training import SEED_ENV, single_threaded_data_loading, training_seed
+
+    monkeypatch.delenv(SEED_ENV, raising=False)
+    assert training_seed() is None
+    monkeypatch.setenv(SEED_ENV, " 7 ")
+    assert training_seed() == 7
+    monkeypatch.setenv(SEED_ENV, "seven")
+    with pytest.raises(RuntimeError, match="nnUNet_qg_seed='seven' is not an integer"):
+        training_seed()
+    monkeypatch.setenv("nnUNet_n_proc_DA", "1")
+    with single_threaded_data_loading():
+        from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+        assert get_allowed_n_proc_DA() == 0
+    assert get_allowed_n_proc_DA() == 1
+
+
+def test_private_torch_rng_leaves_the_global_generator_alone():
+    from nnunet_qg.quality.training import private_torch_rng
+
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    with private_torch_rng(torch.device("cpu"), 123):
+        inside = torch.rand(3)
+    assert torch.equal(torch.rand(3), expected)  # the global stream goes on as if nothing was drawn
+    with private_torch_rng(torch.device("cpu"), 123):
+        assert torch.equal(torch.rand(3), inside)  # the same seed, the same draws
+    with private_torch_rng(torch.device("cpu"), 124):
+        assert not torch.equal(torch.rand(3), inside)
 
 
 def test_shard_for_rank_covers_all_cases_once():

@@ -3,7 +3,8 @@ nnUNetTrainer_Xepochs: `<trainer>_<budget>`, e.g. nnUNetTrainerQGSSL_40epochs.
 
 Every arm of a benchmark profile gets exactly the same schedule (epochs, iterations, validation
 iterations, batch-size cap); the semi-supervised ramps are fractions of num_epochs and keep their
-shape.
+shape. `nnUNet_qg_seed=S` seeds a run (same initial weights and labelled patches in every arm;
+see seeded_training).
 """
 from typing import Dict
 
@@ -12,6 +13,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerFixMatch, nnUNetTrainerMeanTeacher
 from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gFrozen,
                                                    nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_QAR)
+from nnunet_qg.trainers.seeded_training import SeededTraining
 from nnunet_qg.trainers.short_schedule import ShortSchedule
 
 BENCHMARK_BASES = (nnUNetTrainer, nnUNetTrainerMeanTeacher, nnUNetTrainerFixMatch, nnUNetTrainerMTQW,
@@ -37,9 +39,9 @@ BUDGETS: Dict[str, Dict[str, int]] = {
 
 
 def budget_variant(base: type, budget: str) -> type:
-    """`<base>_<budget>`: base with the schedule of BUDGETS[budget]."""
+    """`<base>_<budget>`: base with the schedule of BUDGETS[budget], seeded by nnUNet_qg_seed if set."""
     name = f"{base.__name__}_{budget}"
-    return type(name, (ShortSchedule, base), {**BUDGETS[budget], "__module__": __name__,
+    return type(name, (ShortSchedule, SeededTraining, base), {**BUDGETS[budget], "__module__": __name__,
                                               "__doc__": f"{base.__name__} with the '{budget}' benchmark budget."})
 
 

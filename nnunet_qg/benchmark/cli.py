@@ -36,9 +36,10 @@ def write_results(rows: List[dict], out: str, meta: dict) -> str:
     lines = summarise(rows)
     table = markdown_table(lines)
     atomic_write_json({**meta, "summary": lines, "runs": rows}, join(out, "ssl_benchmark.json"))
+    seeding = "unseeded" if meta.get("seed") is None else f"run r seeded with nnUNet_qg_seed = {meta['seed']} + r"
     header = (f"Profile `{meta['profile']}` ({meta['budget']} budget), {meta['device']}, {meta['date']}; "
               f"{meta['configuration']}, test Dice on {meta['test_cases']} held-out cases, last checkpoint, fold 0; "
-              f"spread = sample std over runs.\n\n")
+              f"spread = sample std over runs; {seeding}.\n\n")
     atomic_write_text(header + table + "\n", join(out, "ssl_benchmark.md"))
     if lines:
         plot_bars(lines, join(out, "ssl_benchmark.png"),
@@ -53,7 +54,11 @@ def entry_point() -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu-small")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=None, help="default: the profile's arms")
     parser.add_argument("--fractions", nargs="+", default=None, help="labelled sets of the split file, e.g. 10pct")
-    parser.add_argument("--repeats", type=int, default=None, help="runs per arm (nnU-Net training is not seeded)")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per arm")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed run r of every arm with nnUNet_qg_seed = SEED + r: the arms of a run start "
+                             "from the same weights and draw the same labelled patches (nnU-Net's labelled "
+                             "loader then runs in the main process). Default: unseeded, as nnU-Net")
     parser.add_argument("--concurrency", type=int, default=None, help="arms trained at once")
     parser.add_argument("--n-proc-da", type=int, default=None, help="nnUNet_n_proc_DA per training")
     parser.add_argument("--split-file", default=None, help="default: <-i>/ssl_splits.json (2D profiles: written)")
@@ -69,7 +74,7 @@ def entry_point() -> None:
     overrides = {k: v for k, v in (("arms", tuple(args.arms) if args.arms else None),
                                    ("fractions", tuple(args.fractions) if args.fractions else None),
                                    ("repeats", args.repeats), ("concurrency", args.concurrency),
-                                   ("n_proc_DA", args.n_proc_da)) if v is not None}
+                                   ("n_proc_DA", args.n_proc_da), ("seed", args.seed)) if v is not None}
     profile = Profile(**{**profile.__dict__, **overrides})
     out = abspath(args.o)
     split_file = args.split_file or join(abspath(args.i), "ssl_splits.json")
@@ -101,7 +106,7 @@ def entry_point() -> None:
             "device": describe_device(profile.device), "dataset": os.path.basename(abspath(args.i)),
             "fractions": list(profile.fractions), "arms": list(profile.arms), "repeats": profile.repeats,
             "configuration": profile.configuration, "concurrency": profile.concurrency, "nnUNet_n_proc_DA": profile.n_proc_DA, "tta": profile.tta,
-            "test_cases": test_cases, "preparation_s": prep_s}
+            "seed": profile.seed, "test_cases": test_cases, "preparation_s": prep_s}
     print(f"[2/3] Training, predicting and evaluating {len(jobs)} run(s), {profile.concurrency} at a time "
           f"({profile.budget} budget, {profile.device})", flush=True)
     rows = run_jobs(jobs, profile, env, work, lambda rows: write_results(rows, out, meta), args.resume)

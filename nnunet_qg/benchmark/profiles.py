@@ -1,6 +1,6 @@
 """Benchmark arms and budget profiles."""
 from dataclasses import dataclass, field
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 # arm -> base trainer; "full_supervision" trains on the whole pool with all labels (upper bound)
 ARMS: Dict[str, str] = {
@@ -36,6 +36,7 @@ class Profile:
     source_format: str = "msd"  # see runner.CONVERTERS
     repeats: int = 1
     arms: Tuple[str, ...] = tuple(ARMS)
+    seed: Optional[int] = None  # run r of every arm trains with nnUNet_qg_seed = seed + r (None: unseeded)
     max_unlabelled: int = None  # subsets, for the pipeline test only
     max_test: int = None
     extra_env: Dict[str, str] = field(default_factory=dict)

@@ -14,6 +14,7 @@ import torch
 from nnunet_qg import pipeline
 from nnunet_qg.atomic import atomic_write_json
 from nnunet_qg.benchmark.profiles import UPPER_BOUND, Profile
+from nnunet_qg.trainers.seeded_training import SEED_ENV
 
 FOLD = "0"
 CONVERTERS = {"msd": "nnUNetv2_convert_MSD_ssl", "ph2": "nnUNetv2_convert_PH2_ssl"}
@@ -125,6 +126,9 @@ def run_job(job: Job, profile: Profile, env: Dict[str, str], work: str, resume: 
     """Train one arm, predict the held-out test cases with the last checkpoint, evaluate them."""
     trainer = profile.trainer(job.arm)
     env = {**env, "nnUNet_results": join(work, f"nnUNet_results_r{job.repeat}")}
+    seed = None if profile.seed is None else profile.seed + job.repeat  # the same for every arm of a run
+    if seed is not None:
+        env[SEED_ENV] = str(seed)
     os.makedirs(env["nnUNet_results"], exist_ok=True)
     tag = f"{job.fraction}_r{job.repeat}_{job.arm}"
     logs = join(work, "logs")
@@ -133,7 +137,7 @@ def run_job(job: Job, profile: Profile, env: Dict[str, str], work: str, resume: 
     predictions = join(work, "predictions", tag)
     shutil.rmtree(predictions, ignore_errors=True)
     row = {"arm": job.arm, "trainer": trainer, "fraction": job.fraction, "repeat": job.repeat,
-           "dataset_id": job.dataset_id, "model_folder": fold}
+           "dataset_id": job.dataset_id, "model_folder": fold, "seed": seed}
     training = train_arm(job, trainer, profile, env, fold, join(logs, f"train_{tag}.log"), resume)
     row["train_wall_s"], row["resumed"] = training["train_wall_s"], training["resumed"]
     row["predict_wall_s"] = pipeline.predict(job.dataset_id, profile.configuration, FOLD, trainer, join(raw, "imagesTs"),

@@ -4,8 +4,9 @@ g learns from (a) corrupted ground-truth patches of the labelled batch and (b) t
 network's own current predictions on the same patches (detached), each with its exact Dice.
 """
 import os
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -50,6 +51,21 @@ def upsampled_predictions(outputs: Sequence[torch.Tensor], scales: int) -> List[
     mode = "trilinear" if full.ndim == 5 else "bilinear"
     return [full] + [F.interpolate(o.float(), size=full.shape[2:], mode=mode, align_corners=False)
                      for o in outputs[1:scales]]
+
+
+@contextmanager
+def private_torch_rng(device: torch.device, seed: int) -> Iterator[None]:
+    """Inside: torch's generators (the CPU one, and `device`'s) seeded with `seed`; afterwards as they were.
+    g's dropout draws from here, so training g never shifts the training's other random draws (nnU-Net's
+    augmentation in the main process, the network's initialisation)."""
+    cuda = device.type == "cuda"
+    index = (device.index if device.index is not None else torch.cuda.current_device()) if cuda else None
+    with torch.random.fork_rng(devices=[index] if cuda else []):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 def _completed(function: Callable, *args) -> Future:
@@ -186,7 +202,7 @@ class QualityPredictorTrainer:
         belief = self.foreground_softmax(logits[0]).repeat(repeats) if self.model.uses_belief else None
         self.train_model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast_ctx:
+        with autocast_ctx, private_torch_rng(images.device, int(self.rng.integers(2 ** 62))):
             predicted = self.train_model(images, mask, belief)
         loss = F.smooth_l1_loss(predicted.float(), dice.float(), beta=0.1)
         if self.ranking_weight > 0:
