@@ -39,6 +39,9 @@ def test_benchmark_pipeline_two_arms(tmp_path):
     table = (out / "ssl_benchmark.md").read_text()
     assert "| tiny | qg_ssl | 1 |" in table and "cpu" in table.lower()
     assert (out / "ssl_benchmark.png").stat().st_size > 0
+    assert (out / "ssl_benchmark_curves.png").stat().st_size > 0  # per-epoch curves of every run
+    for r in runs:
+        assert all(len(values) == 2 for values in r["curves"].values()), r["curves"]
     assert proc.stdout.rstrip().endswith(table.rstrip().splitlines()[-1])  # the table is printed last
 
     # seeded (--seed 0): both arms start from the same weights and draw the same labelled patches, so
@@ -47,8 +50,12 @@ def test_benchmark_pipeline_two_arms(tmp_path):
     assert all(r["seed"] == 0 for r in runs) and "run r seeded with nnUNet_qg_seed = 0 + r" in table
     logs = {r["arm"]: torch.load(Path(r["model_folder"]) / "checkpoint_final.pth", map_location="cpu",
                                  weights_only=False)["logging"] for r in runs}
-    for key in ("train_losses", "val_losses", "mean_fg_dice"):
+    for key in ("val_losses", "mean_fg_dice"):  # computed by nnU-Net's own code in both: bit-identical
         assert float(logs["qg_ssl"][key][0]) == float(logs["supervised"][key][0]), key
+    # the epoch's mean training loss: nnU-Net averages in float32, our trainers in float64
+    curves = {r["arm"]: r["curves"] for r in runs}  # the JSON's curves: the supervised part of QG-SSL's loss
+    for qg_ssl in (float(logs["qg_ssl"]["train_losses"][0]), curves["qg_ssl"]["supervised training loss"][0]):
+        assert qg_ssl == pytest.approx(float(logs["supervised"]["train_losses"][0]), rel=1e-6, abs=1e-7)
     assert float(logs["qg_ssl"]["train_losses"][1]) != float(logs["supervised"]["train_losses"][1])
 
     # --continue (a run cut off by a device's time limit): the prepared dataset and the finished arm

@@ -6,7 +6,8 @@ Converts the MSD-style folder once per labelled fraction of its `ssl_splits.json
 the whole pool labelled for the upper bound), plans and preprocesses with stock nnU-Net, trains
 every arm (`<trainer>_<budget>` variants, fold 0, the profile's budget), predicts the split's test
 cases with the LAST checkpoint and evaluates them with nnU-Net's evaluation. Writes
-`ssl_benchmark.json`, `ssl_benchmark.md` and `ssl_benchmark.png` to the output folder, updating
+`ssl_benchmark.json`, `ssl_benchmark.md`, `ssl_benchmark.png` (test Dice) and `ssl_benchmark_curves.png`
+(per-epoch curves of every run) to the output folder, updating
 them as arms finish, and prints the table last.
 """
 import argparse
@@ -21,7 +22,7 @@ from nnunet_qg import pipeline
 from nnunet_qg.atomic import atomic_write_json, atomic_write_text
 from nnunet_qg.benchmark.device import describe_device
 from nnunet_qg.benchmark.profiles import ARMS, GENERATED_SPLITS, PROFILES, UPPER_BOUND, Profile
-from nnunet_qg.benchmark.report import markdown_table, plot_bars, summarise
+from nnunet_qg.benchmark.report import markdown_table, plot_bars, plot_curves, summarise
 from nnunet_qg.benchmark.runner import Job, dataset_ids, prepare_datasets, run_jobs
 from nnunet_qg.dataset_conversion.ssl_dataset import write_split_file
 
@@ -42,8 +43,9 @@ def write_results(rows: List[dict], out: str, meta: dict) -> str:
               f"spread = sample std over runs; {seeding}.\n\n")
     atomic_write_text(header + table + "\n", join(out, "ssl_benchmark.md"))
     if lines:
-        plot_bars(lines, join(out, "ssl_benchmark.png"),
-                  f"{meta['dataset']}: profile {meta['profile']} ({meta['budget']}), {meta['device']}")
+        title = f"{meta['dataset']}: profile {meta['profile']} ({meta['budget']}), {meta['device']}"
+        plot_bars(lines, join(out, "ssl_benchmark.png"), title)
+        plot_curves(rows, join(out, "ssl_benchmark_curves.png"), title)
     return table
 
 

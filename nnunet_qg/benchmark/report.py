@@ -87,3 +87,25 @@ def plot_bars(lines: List[dict], filename: str, title: str, reference: Optional[
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, filename, dpi=120)
+
+
+def plot_curves(rows: List[dict], filename: str, title: str) -> None:
+    """Per-epoch curves of every run (supervised training loss, validation loss, pseudo-Dice), one panel
+    each: with --seed, the arms of a run coincide until their unlabelled losses start."""
+    rows = [r for r in rows if "curves" in r]
+    names = list(rows[0]["curves"])
+    with plt.style.context("default"):
+        fig, axes = plt.subplots(len(names), 1, figsize=(9, 2.8 * len(names)), squeeze=False)
+        for ax, name in zip(axes[:, 0], names):
+            for r in sorted(rows, key=lambda r: (r["fraction"], r["repeat"], list(ARMS).index(r["arm"]))):
+                values = r["curves"][name]
+                seed = "" if r.get("seed") is None else f", seed {r['seed']}"
+                ax.plot(range(len(values)), values, marker="o", markersize=2, linewidth=1.5,
+                        label=f"{r['arm']} ({r['fraction']}, run {r['repeat']}{seed})")
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        save_figure(fig, filename, dpi=100)

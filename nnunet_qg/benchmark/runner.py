@@ -72,12 +72,21 @@ def prepare_datasets(source: str, split_file: str, ids: Dict[str, int], profile:
     return seconds
 
 
+# per-epoch curves kept from nnU-Net's log: name -> logged keys, the first one present is taken
+# (the semi-supervised trainers' train_losses include the unlabelled loss; their supervised part is logged apart)
+CURVES = {"supervised training loss": ("ssl_loss_supervised", "train_losses"),
+          "validation loss": ("val_losses",), "validation pseudo-Dice": ("mean_fg_dice",)}
+
+
 def read_training_log(fold_folder: str) -> dict:
-    """Epoch times and the quality predictor's last validation figures from the final checkpoint."""
+    """Epoch times, per-epoch curves and the quality predictor's last validation figures from the final
+    checkpoint."""
     checkpoint = torch.load(join(fold_folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     logging = checkpoint["logging"]
     epoch_s = np.array(logging["epoch_end_timestamps"]) - np.array(logging["epoch_start_timestamps"])
     out = {"epochs": len(epoch_s), "epoch_s": float(np.mean(epoch_s))}
+    out["curves"] = {name: [float(v) for v in logging[next(k for k in keys if k in logging)]]
+                     for name, keys in CURVES.items()}
     for key in ("qg_val_real_mae", "qg_val_real_pearson", "qg_val_real_spearman",
                 "qg_val_corrupted_mae", "qg_val_corrupted_pearson"):
         values = [v for v in logging.get(key, []) if v is not None and np.isfinite(v)]
