@@ -46,7 +46,7 @@ if [ -f /tmp/bench/ssl_benchmark.json ] && [ "$(left)" -gt 75 ]; then
   export nnUNet_raw=/tmp/bench/work/nnUNet_raw nnUNet_preprocessed=/tmp/bench/work/nnUNet_preprocessed \
          nnUNet_results=/tmp/speed_results nnUNet_n_proc_DA=12 nnUNet_compile=f
   timeout $(( $(left) - 25 )) python3 benchmarks/trainer_speed_benchmark.py -d 700 --device cuda --iterations 15 \
-      --trainers ${SPEED_TRAINERS:-nnUNetTrainer nnUNetTrainerQGSSL nnUNetTrainerMeanTeacher} \
+      --trainers ${SPEED_TRAINERS:-nnUNetTrainer nnUNetTrainerQGSSL nnUNetTrainerQGSSL_lowMemory nnUNetTrainerMeanTeacher} \
       --out "$OUT/trainer_speed.json" >> "$LOG" 2>&1
   echo "speed benchmark exit code $? after $(( $(date +%s) - START )) s" >> "$LOG"
 fi

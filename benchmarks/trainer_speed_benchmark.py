@@ -7,8 +7,10 @@ Needs a dataset planned and preprocessed with stock nnU-Net and `nnUNetv2_prepro
 same plans and batch size, with every unlabelled loss active (the state after warm-up and ramps),
 and timed over the same number of iterations in one process: time per iteration, split into
 waiting for labelled batches, waiting for unlabelled batches and the step itself, plus peak GPU
-memory (on CUDA) or the peak resident memory of the process (on the CPU: each trainer is measured
-in a fresh process for that), and the number of leaf operators per iteration (each at least one
+memory (on CUDA) or, on the CPU, the peak tensor memory of two profiled steps (the profiler's memory
+timeline: parameters, gradients, optimizer state and activations; the process's resident memory is
+also kept, but the interpreter and libraries dwarf a small patch's activations there; each trainer
+runs in a fresh process), and the number of leaf operators per iteration (each at least one
 kernel launch on a GPU: the cost of a step when the GPU is mostly idle, as at small patches and
 batches). Writes JSON and prints the table.
 """
@@ -27,7 +29,8 @@ sys.path.insert(0, dirname(abspath(__file__)))
 from common import device_description, print_table, write_json  # noqa: E402
 
 DEFAULT_TRAINERS = ["nnUNetTrainer", "nnUNetTrainerMeanTeacher", "nnUNetTrainerFixMatch", "nnUNetTrainerMTQW",
-                    "nnUNetTrainerQGSSL_PLQW", "nnUNetTrainerQGSSL_QAR", "nnUNetTrainerQGSSL"]
+                    "nnUNetTrainerQGSSL_PLQW", "nnUNetTrainerQGSSL_QAR", "nnUNetTrainerQGSSL",
+                    "nnUNetTrainerQGSSL_lowMemory"]
 
 
 class TimedLoader:
@@ -92,8 +95,9 @@ def measure(trainer_name: str, dataset: str, configuration: str, device: torch.d
     wait_u = unlabelled.seconds / iterations if unlabelled is not None else 0.0
     row = {"trainer": trainer_name, "s_per_iter": total, "wait_labelled_s": wait_l, "wait_unlabelled_s": wait_u,
            "step_s": total - wait_l - wait_u, "batch": trainer.batch_size,
-           "peak_mem_GiB": torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda"
-           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+           "peak_rss_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+    row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" \
+        else step_peak_tensor_bytes(trainer, labelled) / 2 ** 30
     row["ops_per_iter"] = count_ops(trainer, labelled, profiled_steps)
     for loader in (trainer.dataloader_train, trainer.dataloader_val, getattr(unlabelled, "loader", None)):
         if hasattr(loader, "_finish"):
@@ -102,6 +106,18 @@ def measure(trainer_name: str, dataset: str, configuration: str, device: torch.d
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
+
+
+def step_peak_tensor_bytes(trainer, labelled, steps: int = 2) -> int:
+    """Peak tensor memory over `steps` consecutive training iterations (so that g's refresh step, every
+    2nd iteration, is among them), from the profiler's memory timeline (CPU)."""
+    from nnunet_qg.profiling import peak_tensor_bytes, profile_memory
+
+    batches = [next(labelled) for _ in range(steps)]
+    with profile_memory() as prof:
+        for batch in batches:
+            trainer.train_step(batch)
+    return peak_tensor_bytes(prof)
 
 
 def count_ops(trainer, labelled, steps: int) -> float:
@@ -151,7 +167,7 @@ def main() -> None:
         r["ops_ratio"] = r["ops_per_iter"] / base["ops_per_iter"]
     print(f"\nOne training iteration, {dataset} {args.c}, {args.iterations} iterations each, "
           f"{device_description(device)}, nnUNet_n_proc_DA={os.environ.get('nnUNet_n_proc_DA', 'default')}; "
-          f"memory: {'peak GPU memory' if device.type == 'cuda' else 'peak resident memory of the process'}")
+          f"memory: {'peak GPU memory' if device.type == 'cuda' else 'peak tensor memory of two profiled steps'}")
     table = print_table(rows, ["trainer", "batch", "s_per_iter", "time_ratio", "wait_labelled_s",
                                "wait_unlabelled_s", "step_s", "peak_mem_GiB", "mem_ratio", "ops_per_iter",
                                "ops_ratio"])

@@ -24,6 +24,13 @@ def highest_resolution(output):
     return output[0] if isinstance(output, (list, tuple)) else output
 
 
+def split_batch(output, n: int, second: bool = False):
+    """The first n samples of a network output (a list with deep supervision, or a tensor), or with
+    `second` the rest."""
+    part = slice(n, None) if second else slice(None, n)
+    return [o[part] for o in output] if isinstance(output, (list, tuple)) else output[part]
+
+
 def batch_probabilities(logits: torch.Tensor, has_regions: bool) -> torch.Tensor:
     """Per-voxel probabilities of a batch of logits (B, C, ...): softmax over the channel axis, or a
     sigmoid per region; float32 and differentiable.

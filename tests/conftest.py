@@ -3,6 +3,7 @@ import os
 import shutil
 import signal
 import subprocess
+import textwrap
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -17,6 +18,24 @@ requires_hippocampus = pytest.mark.skipif(
     reason=f"real Hippocampus data not found at {HIPPOCAMPUS} (only on development and CI machines)")
 
 PHANTOM_ID = 901
+
+# start of a `python -c` check script: the trainer named by argv[1], built on the preprocessed dataset
+# argv[2] (3d_fullres, fold 0, CPU) and initialised, as nnUNetv2_train would build it
+TRAINER_FROM_ARGV = textwrap.dedent("""
+    import sys
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import join, load_json
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    name, dataset = sys.argv[1], sys.argv[2]
+    plans = load_json(join(nnUNet_preprocessed, dataset, "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    trainer = recursive_find_trainer_class_by_name(name)(
+        plans=plans, configuration="3d_fullres", fold=0,
+        dataset_json=load_json(join(nnUNet_preprocessed, dataset, "dataset.json")), device=torch.device("cpu"))
+    trainer.initialize()
+""")
 
 
 def nnunet_env(root: Path) -> Dict[str, str]:

@@ -10,23 +10,10 @@ import textwrap
 
 import pytest
 
-from conftest import PHANTOM_ID, run_cli
+from conftest import PHANTOM_ID, TRAINER_FROM_ARGV, run_cli
 
-CHECK = textwrap.dedent("""
-    import sys
-    import torch
-    from batchgenerators.utilities.file_and_folder_operations import join, load_json
-    from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+CHECK = TRAINER_FROM_ARGV + textwrap.dedent("""
     from nnunet_qg.networks import highest_resolution, unwrap_network
-
-    name, dataset = sys.argv[1], sys.argv[2]
-    plans = load_json(join(nnUNet_preprocessed, dataset, "nnUNetPlans.json"))
-    plans["continue_training"] = False
-    trainer = recursive_find_trainer_class_by_name(name)(
-        plans=plans, configuration="3d_fullres", fold=0,
-        dataset_json=load_json(join(nnUNet_preprocessed, dataset, "dataset.json")), device=torch.device("cpu"))
-    trainer.initialize()
     torch.manual_seed(0)
     x = torch.randn(3, 1, *trainer.configuration_manager.patch_size)  # three different samples
     trainer.teacher.module.load_state_dict(unwrap_network(trainer.network).state_dict())  # teacher = student

@@ -13,7 +13,7 @@ from nnunet_qg.quality.network import QUALITY_PREDICTOR_FILE, load_quality_predi
 DATASET = f"Dataset{PHANTOM_ID:03d}_Phantom"
 TRAINERS = ["nnUNetTrainerQGSSL_debug", "nnUNetTrainerQGSSL_PLQW_debug", "nnUNetTrainerQGSSL_QAR_debug",
             "nnUNetTrainerMTQW_debug", "nnUNetTrainerMeanTeacher_debug", "nnUNetTrainerFixMatch_debug",
-            "nnUNetTrainerQGSSL_gFrozen_debug"]
+            "nnUNetTrainerQGSSL_gFrozen_debug", "nnUNetTrainerQGSSL_lowMemory_debug"]
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)
@@ -42,7 +42,7 @@ def test_trainer_end_to_end(phantom_env, tmp_path, trainer):
         if trainer != "nnUNetTrainerQGSSL_QAR_debug":  # quality weights exist where PL-QW (or MT-QW) runs
             assert np.isfinite(log["ssl_loss_plqw"][1:]).all()
             assert 0.0 <= log["ssl_quality_weight_mean"][-1] <= 1.0
-        if trainer in ("nnUNetTrainerQGSSL_debug", "nnUNetTrainerQGSSL_QAR_debug"):
+        if trainer in ("nnUNetTrainerQGSSL_debug", "nnUNetTrainerQGSSL_QAR_debug", "nnUNetTrainerQGSSL_lowMemory_debug"):
             assert math.isnan(log["ssl_loss_qar"][1]) and np.isfinite(log["ssl_loss_qar"][2:]).all()
     if trainer == "nnUNetTrainerQGSSL_debug":  # g kept learning after the warm-up (every 2nd step)
         assert np.isfinite(log["qg_train_loss"]).all() and final["ssl_state"]["quality"]["frozen"] is True

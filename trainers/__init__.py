@@ -1,10 +1,11 @@
 """nnUNetTrainer subclasses of nnunet-qg (installed as `nnunet_qg.trainers`)."""
 from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerFixMatch, nnUNetTrainerMeanTeacher
 from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gFrozen,
+                                                   nnUNetTrainerQGSSL_lowMemory,
                                                    nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_QAR)
 from nnunet_qg.trainers.nnUNetTrainerQGSSL_short import (nnUNetTrainerFixMatch_debug, nnUNetTrainerMeanTeacher_debug,
                                                          nnUNetTrainerMTQW_debug, nnUNetTrainerQGSSL_debug, nnUNetTrainerQGSSL_demo,
-                                                         nnUNetTrainerQGSSL_gFrozen_debug,
+                                                         nnUNetTrainerQGSSL_gFrozen_debug, nnUNetTrainerQGSSL_lowMemory_debug,
                                                          nnUNetTrainerQGSSL_PLQW_debug, nnUNetTrainerQGSSL_QAR_debug)
 from nnunet_qg.trainers.nnUNetTrainerQGDrift import (nnUNetTrainerQGDrift, nnUNetTrainerQGDrift_cpuBench,
                                                      nnUNetTrainerQGDrift_debug, nnUNetTrainerQGDrift_gpuBench)

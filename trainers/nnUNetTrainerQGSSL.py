@@ -156,6 +156,16 @@ class nnUNetTrainerQGSSL_gFrozen(nnUNetTrainerQGSSL):
         self.quality_refresh_every = 0
 
 
+class nnUNetTrainerQGSSL_lowMemory(nnUNetTrainerQGSSL):
+    """QG-SSL with the labelled pass backpropagated before the unlabelled pass runs: the same gradients,
+    about half the activation memory, more kernel launches (for plans made near the GPU's memory)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.unlabeled_separate_backward = True
+
+
 class nnUNetTrainerMTQW(nnUNetTrainerQGSSL):
     """Mean Teacher with quality weights (the paper's drop-in claim): per-sample consistency x w."""
 

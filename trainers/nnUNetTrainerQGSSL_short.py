@@ -4,7 +4,7 @@
 """
 from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerFixMatch, nnUNetTrainerMeanTeacher
 from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gFrozen,
-                                                   nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_QAR)
+                                                   nnUNetTrainerQGSSL_lowMemory, nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_QAR)
 from nnunet_qg.trainers.short_schedule import ShortSchedule
 
 class QGDebugSchedule(ShortSchedule):
@@ -29,6 +29,10 @@ class nnUNetTrainerQGSSL_QAR_debug(QGDebugSchedule, nnUNetTrainerQGSSL_QAR):
 
 class nnUNetTrainerQGSSL_gFrozen_debug(QGDebugSchedule, nnUNetTrainerQGSSL_gFrozen):
     """Smoke test of nnUNetTrainerQGSSL_gFrozen (the paper's frozen g)."""
+
+
+class nnUNetTrainerQGSSL_lowMemory_debug(QGDebugSchedule, nnUNetTrainerQGSSL_lowMemory):
+    """Smoke test of nnUNetTrainerQGSSL_lowMemory (labelled and unlabelled passes backpropagated apart)."""
 
 
 class nnUNetTrainerMTQW_debug(QGDebugSchedule, nnUNetTrainerMTQW):

@@ -8,6 +8,7 @@ variants are small subclasses, as in nnU-Net.
 """
 import glob
 import os
+from contextlib import nullcontext
 from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
@@ -23,7 +24,8 @@ from torch import autocast
 from torch import distributed as dist
 
 from nnunet_qg.ema import EMATeacher
-from nnunet_qg.networks import batch_probabilities, highest_resolution, set_deep_supervision, unwrap_network
+from nnunet_qg.networks import (batch_probabilities, highest_resolution, set_deep_supervision, split_batch,
+                               unwrap_network)
 from nnunet_qg.plotting import plot_progress_panels
 from nnunet_qg.quality.metrics import finite_mean
 from nnunet_qg.ramps import sigmoid_rampup
@@ -68,6 +70,10 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         self.unlabeled_loss_weight = 1.0
         self.unlabeled_rampup_fraction = 0.2  # sigmoid ramp over this fraction of num_epochs
         self.augment_teacher_intensity = False  # True: the teacher view gets its own intensity draw
+        # False: one forward pass over labelled + unlabelled patches (fewest kernel launches: fastest at
+        # small patches). True: backpropagate the labelled pass before the unlabelled one runs (about
+        # half the activation memory, one more pass of launches: for patches planned near the GPU's limit)
+        self.unlabeled_separate_backward = False
 
         self.teacher: Optional[EMATeacher] = None
         self.dataloader_unlabeled = None
@@ -193,35 +199,19 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
         # while the unlabelled loss weight is 0 (ramp or warm-up) no unlabelled batch is drawn
-        use_unlabeled = self._current_unlabeled_weight > 0
-        if use_unlabeled:
+        views = None
+        if self._current_unlabeled_weight > 0:
             data_u = next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
-            view_student, view_teacher = split_views(data_u, data.shape[1])
-        n = data.shape[0]
+            views = split_views(data_u, data.shape[1])
 
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
-            # one forward pass over labelled + unlabelled patches (nnU-Net normalises per instance)
-            output = self.network(torch.cat((data, view_student)) if use_unlabeled else data)
-            if isinstance(output, (list, tuple)):
-                output_l, output_u = [o[:n] for o in output], [o[n:] for o in output]
-            else:
-                output_l, output_u = output[:n], output[n:]
-            loss_sup = self.loss(output_l, target)
-            if use_unlabeled:
-                loss_u, extras = self.compute_unlabeled_loss(output_u, view_student, view_teacher)
-            else:
-                loss_u, extras = torch.zeros((), device=self.device), {}
-            loss = loss_sup + self._current_unlabeled_weight * loss_u
-
+        loss, loss_sup, loss_u, output_l, extras = self.forward_backward(data, target, views)
         if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
-            loss.backward()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
         self.teacher.update(unwrap_network(self.network))
@@ -232,6 +222,72 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         for key in self.ssl_log_keys:  # every value is logged every epoch (nan while it does not apply)
             out.setdefault(key, np.float64(np.nan))
         return out
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+
+    def forward_backward(self, data: torch.Tensor, target, views: Optional[Tuple[torch.Tensor, torch.Tensor]]):
+        """The student's forward and backward passes of one step; gradients are left in the parameters.
+
+        views: (student view, teacher view) of the unlabelled patches, or None while their loss is off.
+        Returns (loss, supervised loss, unlabelled loss, labelled output, values to log). Joint (default):
+        one pass over labelled + unlabelled patches. Separate (`unlabeled_separate_backward`): the
+        labelled pass is backpropagated before the unlabelled pass runs, so only one batch of
+        activations is alive at a time (nnU-Net normalises per instance, so the gradients are the same).
+        A joint pass that runs out of GPU memory switches the run to separate passes (not under DDP,
+        where every rank must take the same path).
+        """
+        if views is None:
+            with self._autocast():
+                output_l = self.network(data)
+                loss_sup = self.loss(output_l, target)
+            self._backward(loss_sup)
+            return loss_sup, loss_sup, torch.zeros((), device=self.device), output_l, {}
+        if not self.unlabeled_separate_backward:
+            try:
+                return self._joint_pass(data, target, *views)
+            except torch.OutOfMemoryError:
+                if self.is_ddp:
+                    raise
+            # outside the except block, so that the failed pass's tensors are freed
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.unlabeled_separate_backward = True
+            self.print_to_log_file("Out of GPU memory in the joint labelled + unlabelled pass: from now on the "
+                                   "two passes run one after the other (unlabeled_separate_backward = True, "
+                                   "the same gradients with about half the activation memory)")
+        return self._separate_passes(data, target, *views)
+
+    def _joint_pass(self, data, target, view_student, view_teacher):
+        n = data.shape[0]
+        with self._autocast():
+            output = self.network(torch.cat((data, view_student)))
+            output_l, output_u = split_batch(output, n), split_batch(output, n, second=True)
+            loss_sup = self.loss(output_l, target)
+            loss_u, extras = self.compute_unlabeled_loss(output_u, view_student, view_teacher)
+            loss = loss_sup + self._current_unlabeled_weight * loss_u
+        self._backward(loss)
+        return loss, loss_sup, loss_u, output_l, extras
+
+    def _separate_passes(self, data, target, view_student, view_teacher):
+        # under DDP the first backward must not all-reduce (the second one does)
+        with self.network.no_sync() if self.is_ddp else nullcontext():
+            with self._autocast():
+                output_l = self.network(data)
+                loss_sup = self.loss(output_l, target)
+            self._backward(loss_sup)
+        with self._autocast():
+            output_u = self.network(view_student)
+            loss_u, extras = self.compute_unlabeled_loss(output_u, view_student, view_teacher)
+            weighted = self._current_unlabeled_weight * loss_u
+            if self.is_ddp or not weighted.requires_grad:
+                # every output in the graph: DDP's all-reduce waits for a gradient of every parameter,
+                # also of the deep-supervision heads that a loss on the full resolution leaves out
+                outputs = output_u if isinstance(output_u, (list, tuple)) else [output_u]
+                weighted = weighted + 0 * sum(o.float().sum() for o in outputs)
+        self._backward(weighted)
+        return loss_sup.detach() + weighted.detach(), loss_sup, loss_u, output_l, extras
 
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
