@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import SHARED_DATA, nnunet_env, run_cli
+from conftest import PHANTOM_ID, SHARED_DATA, kill_after_first_checkpoint, nnunet_env, run_cli
 
 from nnunet_qg.benchmark.report import markdown_table, summarise
 
@@ -76,6 +76,29 @@ def test_benchmark_pipeline_two_arms(tmp_path):
     assert rerun["supervised"]["train_wall_s"] > 1000  # the cut-off call counted to its last checkpoint
     assert rerun["qg_ssl"]["train_wall_s"] == qg["train_wall_s"]  # kept: its one finished call
     assert rerun["qg_ssl"]["resumed"] is False  # kept, trained in one call
+
+
+@pytest.mark.parametrize("trainer", ["nnUNetTrainer_benchTiny", "nnUNetTrainerQGSSL_benchTiny"])
+def test_seeded_run_resumed_with_c_draws_the_uninterrupted_runs_patches(phantom_env, tmp_path, trainer):
+    """A seeded run killed after its first checkpoint and resumed with --c takes the random states back
+    from the checkpoint: its next epoch equals the uninterrupted run's (the same labelled and validation
+    patches). Seeded again instead, the resumed epoch would start the patch stream anew."""
+    logs = {}
+    for name in ("uninterrupted", "resumed"):
+        env = {**phantom_env, "nnUNet_results": str(tmp_path / name), "nnUNet_qg_seed": "0"}
+        cmd = ["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"]
+        fold = tmp_path / name / f"Dataset{PHANTOM_ID:03d}_Phantom" / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
+        if name == "resumed":
+            kill_after_first_checkpoint(cmd, env, fold)  # after epoch 0 of 2 (benchTiny saves every epoch)
+            assert torch.load(fold / "checkpoint_latest.pth", weights_only=False)["current_epoch"] == 1
+            cmd.append("--c")
+        run_cli(cmd, env)
+        logs[name] = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
+    assert "random states taken back from the checkpoint" in "".join(
+        p.read_text() for p in fold.glob("training_log_*.txt"))
+    for key in ("train_losses", "val_losses", "mean_fg_dice"):
+        assert len(logs["resumed"][key]) == 2
+        assert [float(v) for v in logs["resumed"][key]] == [float(v) for v in logs["uninterrupted"][key]], key
 
 
 def test_benchmark_ph2_2d_profile_writes_its_split(tmp_path):

@@ -23,6 +23,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 from torch import distributed as dist
 
+from nnunet_qg.atomic import save_checkpoint_with
 from nnunet_qg.ema import EMATeacher
 from nnunet_qg.networks import (batch_probabilities, highest_resolution, set_deep_supervision, split_batch,
                                unwrap_network)
@@ -331,12 +332,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         """
         if self.local_rank != 0 or self.disable_checkpointing:
             return super().save_checkpoint(filename)
-        tmp = f"{filename}.tmp-{os.getpid()}"
-        super().save_checkpoint(tmp)
-        checkpoint = torch.load(tmp, map_location="cpu", weights_only=False)
-        checkpoint[SSL_STATE_KEY] = self.ssl_state_dict()
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)
+        save_checkpoint_with(super().save_checkpoint, filename, {SSL_STATE_KEY: self.ssl_state_dict()})
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
         super().load_checkpoint(filename_or_checkpoint)

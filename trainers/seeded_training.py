@@ -14,20 +14,25 @@ starts with `seeds=None` (each worker draws its own). With `nnUNet_qg_seed=S`:
 
 A semi-supervised arm then trains exactly as the supervised one until its unlabelled loss starts
 (tested for QG-SSL's warm-up), and what differs afterwards is the method, not the luck of the
-draw. A run resumed with --c is seeded again at its start: reproducible, but not the same patches
-as an uninterrupted run. Unset (the default), training is nnU-Net's, unseeded.
+draw. The global generators' states go into the checkpoint (`qg_rng_state`), and a run resumed with
+--c takes them back at its start, so its labelled and validation patches are those of an
+uninterrupted run (tested); the unlabelled worker starts its seeded stream again. Unset (the
+default), training is nnU-Net's, unseeded.
 """
 import os
 import random
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Union
 
 import numpy as np
 import torch
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
+from nnunet_qg.atomic import save_checkpoint_with
+
 SEED_ENV = "nnUNet_qg_seed"
 N_PROC_DA_ENV = "nnUNet_n_proc_DA"
+RNG_STATE_KEY = "qg_rng_state"
 
 
 def training_seed() -> Optional[int]:
@@ -47,6 +52,23 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
+
+
+def rng_states() -> dict:
+    """The states of Python's, numpy's and torch's global generators (CUDA's where present)."""
+    states = {"random": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Put the global generators back where `rng_states()` found them."""
+    random.setstate(states["random"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"].cpu())
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
 
 
 @contextmanager
@@ -70,6 +92,7 @@ class SeededTraining:
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.training_seed = training_seed()
+        self._resumed_rng_states: Optional[dict] = None
         if self.training_seed is not None and hasattr(self, "unlabeled_seed"):
             # a semi-supervised trainer: its unlabelled loader gets its own seeded worker(s)
             self.unlabeled_seed = self.training_seed
@@ -90,5 +113,23 @@ class SeededTraining:
 
     def on_train_start(self):
         super().on_train_start()
-        if self.training_seed is not None:  # whatever the set-up drew, every arm starts its patches alike
+        if self.training_seed is None:
+            return
+        if self._resumed_rng_states is not None:  # --c: go on where the checkpoint's run was
+            set_rng_states(self._resumed_rng_states)
+            self.print_to_log_file(f"{SEED_ENV}: random states taken back from the checkpoint")
+        else:  # whatever the set-up drew, every arm starts its patches alike
             seed_everything(self.training_seed + 1)
+
+    def save_checkpoint(self, filename: str) -> None:
+        if self.training_seed is None or self.local_rank != 0 or self.disable_checkpointing:
+            return super().save_checkpoint(filename)
+        states = rng_states()  # before writing: nothing between here and the next epoch draws
+        save_checkpoint_with(super().save_checkpoint, filename, {RNG_STATE_KEY: states})
+
+    def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        if self.training_seed is not None:
+            checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False) \
+                if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint
+            self._resumed_rng_states = checkpoint.get(RNG_STATE_KEY)
