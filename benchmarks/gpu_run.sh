@@ -36,8 +36,11 @@ if [ "$JOB" = drift ]; then
   exit 0
 fi
 
+# SEED=S: paired arms (same initial weights and labelled patches; nnU-Net's labelled loader then runs in
+# the training process, which is slower on a GPU); REPEATS=N: N runs per arm (seeds S..S+N-1)
 timeout $(( $(left) - ${SPEED_RESERVE_S:-25} )) nnUNetv2_qg_benchmark -i .gpudata/hippocampus --profile gpu --arms $ARMS \
-    --n-proc-da "${N_PROC_DA:-3}" --reader NibabelIO -o /tmp/bench --continue >> "$LOG" 2>&1
+    --n-proc-da "${N_PROC_DA:-3}" --reader NibabelIO -o /tmp/bench --continue ${SEED:+--seed $SEED} \
+    ${REPEATS:+--repeats $REPEATS} >> "$LOG" 2>&1
 echo "benchmark exit code $? after $(( $(date +%s) - START )) s" >> "$LOG"
 pkill -f nnUNetv2_train; pkill -f nnUNetv2_predict; sleep 2  # a timed-out benchmark leaves its children running
 cp /tmp/bench/ssl_benchmark.json /tmp/bench/ssl_benchmark.md /tmp/bench/ssl_benchmark.png "$OUT"/ 2>/dev/null
