@@ -23,13 +23,13 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 from torch import distributed as dist
 
-from nnunet_qg.atomic import save_checkpoint_with
 from nnunet_qg.ema import EMATeacher
 from nnunet_qg.networks import (batch_probabilities, highest_resolution, set_deep_supervision, split_batch,
                                unwrap_network)
 from nnunet_qg.plotting import plot_progress_panels
 from nnunet_qg.quality.metrics import finite_mean
 from nnunet_qg.ramps import sigmoid_rampup
+from nnunet_qg.trainers.checkpoint_extras import CheckpointExtras
 from nnunet_qg.unlabeled.data_loader import (make_augmenter, nnUNetUnlabeledDataLoader,
                                              nnUNetUnlabeledDatasetBlosc2, shard_for_rank, worker_seeds)
 from nnunet_qg.unlabeled.paths import preprocessed_unlabeled_folder
@@ -53,7 +53,7 @@ def to_host(values: Dict[str, StepValue]) -> Dict[str, np.float64]:
     return out
 
 
-class nnUNetTrainerSSL(nnUNetTrainer):
+class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
     """Base semi-supervised trainer (Mean Teacher consistency as its unlabelled loss)."""
 
     # values logged once per epoch besides nnU-Net's own (key -> output of train_step)
@@ -325,19 +325,13 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         self.teacher.load_state_dict(state["teacher"])
         self.unlabeled_seed = state["unlabeled_seed"]
 
-    def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint plus `ssl_state`, written under a temporary name and renamed.
+    def checkpoint_extras(self) -> dict:
+        """`ssl_state` next to nnU-Net's entries; `network_weights` stays the student's, so stock
+        `nnUNetv2_predict` loads it unchanged."""
+        return {**super().checkpoint_extras(), SSL_STATE_KEY: self.ssl_state_dict()}
 
-        `network_weights` stays the student's, so stock `nnUNetv2_predict` loads it unchanged.
-        """
-        if self.local_rank != 0 or self.disable_checkpointing:
-            return super().save_checkpoint(filename)
-        save_checkpoint_with(super().save_checkpoint, filename, {SSL_STATE_KEY: self.ssl_state_dict()})
-
-    def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False) \
-            if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint
+    def load_checkpoint_extras(self, checkpoint: dict) -> None:
+        super().load_checkpoint_extras(checkpoint)
         if SSL_STATE_KEY in checkpoint:
             self.load_ssl_state_dict(checkpoint[SSL_STATE_KEY])
         else:

@@ -22,13 +22,13 @@ default), training is nnU-Net's, unseeded.
 import os
 import random
 from contextlib import contextmanager
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
-from nnunet_qg.atomic import save_checkpoint_with
+from nnunet_qg.trainers.checkpoint_extras import CheckpointExtras
 
 SEED_ENV = "nnUNet_qg_seed"
 N_PROC_DA_ENV = "nnUNet_n_proc_DA"
@@ -85,7 +85,7 @@ def single_threaded_data_loading() -> Iterator[None]:
             os.environ[N_PROC_DA_ENV] = before
 
 
-class SeededTraining:
+class SeededTraining(CheckpointExtras):
     """Put before the trainer in the bases: honours `nnUNet_qg_seed` (see the module docstring)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -121,15 +121,13 @@ class SeededTraining:
         else:  # whatever the set-up drew, every arm starts its patches alike
             seed_everything(self.training_seed + 1)
 
-    def save_checkpoint(self, filename: str) -> None:
-        if self.training_seed is None or self.local_rank != 0 or self.disable_checkpointing:
-            return super().save_checkpoint(filename)
-        states = rng_states()  # before writing: nothing between here and the next epoch draws
-        save_checkpoint_with(super().save_checkpoint, filename, {RNG_STATE_KEY: states})
-
-    def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
+    def checkpoint_extras(self) -> dict:
+        extras = super().checkpoint_extras()
         if self.training_seed is not None:
-            checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False) \
-                if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint
+            extras[RNG_STATE_KEY] = rng_states()
+        return extras
+
+    def load_checkpoint_extras(self, checkpoint: dict) -> None:
+        super().load_checkpoint_extras(checkpoint)
+        if self.training_seed is not None:
             self._resumed_rng_states = checkpoint.get(RNG_STATE_KEY)
