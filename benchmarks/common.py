@@ -72,10 +72,11 @@ def prepare_hippocampus(data: str, work: str, max_unlabelled: int, device_type: 
 
 
 def hippocampus_arguments(description: str, profiles: Dict[str, dict], work: str, out: str,
-                          reuse: bool = False) -> argparse.Namespace:
+                          reuse: bool = False, flags: Optional[Dict[str, str]] = None) -> argparse.Namespace:
     """--profile (a key of `profiles`), --data (the shared Hippocampus data), --work and --out
     (defaults benchmark_results/<work> and benchmark_results/<out>); with `reuse`, --reuse (measure
-    the fold already trained in --work again: no conversion, no training)."""
+    the fold already trained in --work again: no conversion, no training); `flags`: further
+    on/off options of the script, {"--name": help}."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--profile", choices=profiles, default="cpu")
     parser.add_argument("--data", default=join(dirname(dirname(abspath(__file__))), "..", "shared", "data", "hippocampus"))
@@ -86,6 +87,8 @@ def hippocampus_arguments(description: str, profiles: Dict[str, dict], work: str
     if reuse:
         parser.add_argument("--reuse", action="store_true",
                             help="measure the fold already trained in --work again (no conversion, no training)")
+    for flag, text in (flags or {}).items():
+        parser.add_argument(flag, action="store_true", help=text)
     return parser.parse_args()
 
 

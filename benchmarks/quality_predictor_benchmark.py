@@ -7,11 +7,13 @@ Converts (10pct split), plans and preprocesses with stock nnU-Net, measures forw
 and parameters of g and of the segmentation network on the plans' patch and batch, trains the
 warm-up with nnUNetv2_train (fold 0) and reports g's MAE / Pearson / Spearman per label on the
 fold's validation patches, for the network's REAL predictions and for corrupted masks.
+`--cost-only` stops after the cost (of g, of g with a full-resolution first stage and of the
+network: time and FLOPs) and, when --work already holds the plans, prepares nothing.
 """
 import json
 import sys
 import time
-from os.path import abspath, dirname, join
+from os.path import abspath, dirname, isfile, join
 
 import torch
 
@@ -30,9 +32,7 @@ def time_fwd_bwd(model, inputs, device, repeats: int = 5) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        out = model(*inputs)
-        out = out[0] if isinstance(out, (list, tuple)) else out
-        out.float().sum().backward()
+        fwd_bwd(model, inputs)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i:
@@ -40,7 +40,26 @@ def time_fwd_bwd(model, inputs, device, repeats: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def fwd_bwd(model, inputs) -> None:
+    """One forward pass and a backward pass of the sum of the (first) output."""
+    out = model(*inputs)
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    out.float().sum().backward()
+
+
+def count_flops(model, inputs) -> int:
+    """Floating-point operations of one forward + backward pass (torch's FLOP counter: convolutions and
+    matrix products; independent of the machine and of what else runs on it)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fwd_bwd(model, inputs)
+    return int(counter.get_total_flops())
+
+
 def measure_cost(preprocessed: str, device: torch.device, batch_size: int) -> dict:
+    """Parameters, forward+backward time and FLOPs of g (default, and with a full-resolution first
+    stage) and of the segmentation network, on the plans' patch and batch."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from nnunet_qg.quality.network import QualityPredictor
@@ -51,26 +70,50 @@ def measure_cost(preprocessed: str, device: torch.device, batch_size: int) -> di
     seg = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
                                  cm.network_arch_init_kwargs_req_import, 1, labels.num_segmentation_heads,
                                  deep_supervision=True).to(device)
-    g = QualityPredictor(1, len(labels.foreground_labels), cm.patch_size).to(device)
     x = torch.randn(batch_size, 1, *cm.patch_size, device=device)
     m = torch.rand(batch_size, len(labels.foreground_labels), *cm.patch_size, device=device)
-    t_seg, t_g = time_fwd_bwd(seg, (x,), device), time_fwd_bwd(g, (x, m), device)
-    return {"patch_size": cm.patch_size, "batch_size": batch_size,
-            "seg_params": sum(p.numel() for p in seg.parameters()), "g_params": sum(p.numel() for p in g.parameters()),
-            "seg_fwd_bwd_s": t_seg, "g_fwd_bwd_s": t_g, "g_to_seg_time_ratio": t_g / t_seg}
+    cost = {"patch_size": cm.patch_size, "batch_size": batch_size,
+            "seg_params": sum(p.numel() for p in seg.parameters()), "seg_fwd_bwd_s": time_fwd_bwd(seg, (x,), device),
+            "seg_fwd_bwd_gflops": count_flops(seg, (x,)) / 1e9}
+    for name, full in (("g", False), ("g_full_resolution", True)):
+        g = QualityPredictor(1, len(labels.foreground_labels), cm.patch_size, full_resolution=full).to(device)
+        cost[f"{name}_params"] = sum(p.numel() for p in g.parameters())
+        cost[f"{name}_fwd_bwd_s"] = time_fwd_bwd(g, (x, m), device)
+        cost[f"{name}_fwd_bwd_gflops"] = count_flops(g, (x, m)) / 1e9
+        cost[f"{name}_to_seg_time_ratio"] = cost[f"{name}_fwd_bwd_s"] / cost["seg_fwd_bwd_s"]
+        cost[f"{name}_to_seg_flops_ratio"] = cost[f"{name}_fwd_bwd_gflops"] / cost["seg_fwd_bwd_gflops"]
+    return cost
+
+
+def print_cost(cost: dict, device: torch.device) -> None:
+    print(f"\nCost on batch {cost['batch_size']} x {cost['patch_size']}, {device_description(device)}:")
+    print_table([{"network": name, "parameters": cost[f"{key}_params"], "fwd+bwd s": cost[f"{key}_fwd_bwd_s"],
+                  "fwd+bwd GFLOPs": cost[f"{key}_fwd_bwd_gflops"],
+                  "time ratio": cost.get(f"{key}_to_seg_time_ratio", 1.0),
+                  "FLOPs ratio": cost.get(f"{key}_to_seg_flops_ratio", 1.0)}
+                 for name, key in (("segmentation network", "seg"), ("g", "g"),
+                                   ("g, full-resolution first stage", "g_full_resolution"))],
+                ["network", "parameters", "fwd+bwd s", "fwd+bwd GFLOPs", "time ratio", "FLOPs ratio"])
 
 
 def main() -> None:
-    args = hippocampus_arguments(__doc__.split("\n\n")[0], PROFILES, "quality_work", "quality_predictor.json")
+    args = hippocampus_arguments(__doc__.split("\n\n")[0], PROFILES, "quality_work", "quality_predictor.json",
+                                 flags={"--cost-only": "measure the cost of g and of the network, print it, write "
+                                                       "the JSON and stop (no warm-up training)"})
     profile = PROFILES[args.profile]
     started = time.time()
-    env = prepare_hippocampus(args.data, args.work, profile["max_unlabelled"], profile["device"],
-                            args.reader)
     work = abspath(args.work)
     preprocessed = join(work, "nnUNet_preprocessed", "Dataset004_Hippocampus")
+    if not (args.cost_only and isfile(join(preprocessed, "nnUNetPlans.json"))):  # the cost needs only the plans
+        env = prepare_hippocampus(args.data, args.work, profile["max_unlabelled"], profile["device"], args.reader)
     device = torch.device(profile["device"])
     batch = json.load(open(join(preprocessed, "nnUNetPlans.json")))["configurations"]["3d_fullres"]["batch_size"]
     cost = measure_cost(preprocessed, device, batch)
+    print_cost(cost, device)
+    if args.cost_only:
+        write_json({"profile": args.profile, "device": device_description(device), "cost": cost,
+                    "wall_time_s": time.time() - started}, args.out)
+        return
     fold = train_fold0(profile["trainer"], profile["device"], work, env)
     metrics = json.load(open(join(fold, "quality_warmup_metrics.json")))
     rows = [{"masks": kind, "label": label, "n": v["n"], "MAE": v["mae"], "bias": v.get("bias", ""),
@@ -78,9 +121,6 @@ def main() -> None:
             for kind in ("real", "teacher", "corrupted") if kind in metrics for label, v in metrics[kind].items()]
     print(f"\nQuality predictor on Hippocampus, 10 % labelled (20 cases), fold-0 validation patches, "
           f"profile {args.profile}, {device_description(device)}")
-    print(f"g: {cost['g_params']:,} parameters; segmentation network: {cost['seg_params']:,}; forward+backward on "
-          f"batch {cost['batch_size']} x {cost['patch_size']}: g {cost['g_fwd_bwd_s']:.3f} s, "
-          f"network {cost['seg_fwd_bwd_s']:.3f} s, ratio {cost['g_to_seg_time_ratio']:.3f}")
     table = print_table(rows, ["masks", "label", "n", "MAE", "bias", "Pearson", "Spearman"])
     write_json({"profile": args.profile, "device": device_description(device), "trainer": profile["trainer"],
                 "cost": cost, "metrics": metrics, "table": table, "wall_time_s": time.time() - started,

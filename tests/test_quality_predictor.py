@@ -6,7 +6,8 @@ import torch
 
 from conftest import HIPPOCAMPUS, requires_hippocampus, train_on_corruptions
 from nnunet_qg.phantom import make_phantom_case
-from nnunet_qg.quality.network import QualityPredictor, load_quality_predictor, save_quality_predictor
+from nnunet_qg.quality.network import (QualityPredictor, encoder_strides, load_quality_predictor,
+                                       save_quality_predictor)
 from nnunet_qg.quality.training import (QualityPredictorTrainer, one_hot_foreground, pairwise_ranking_loss,
                                         upsampled_predictions)
 from nnunet_qg.quality.metrics import agreement
@@ -18,6 +19,20 @@ def test_output_shape_range_and_size(patch, channels):
     q = g(torch.randn(3, channels, *patch), torch.rand(3, 2, *patch))
     assert q.shape == (3, 2) and bool(((q >= 0) & (q <= 1)).all())
     assert sum(p.numel() for p in g.parameters()) < 2_000_000
+
+
+def test_full_resolution_first_stage_keeps_the_patch_size_and_round_trips(tmp_path):
+    assert encoder_strides((40, 56, 40), 4)[0] == [2, 2, 2]
+    strides = encoder_strides((40, 56, 40), 4, full_resolution=True)
+    assert strides[0] == [1, 1, 1] and strides[1:] == encoder_strides((40, 56, 40), 3)
+    g = QualityPredictor(1, 2, (16, 24, 16), full_resolution=True).eval()
+    first = g.encoder.stages[0].blocks[0].conv1.conv
+    assert tuple(first.stride) == (1, 1, 1)
+    save_quality_predictor(g, str(tmp_path / "g.pth"))
+    loaded = load_quality_predictor(str(tmp_path / "g.pth"))
+    assert loaded.config["full_resolution"]
+    x, m = torch.randn(2, 1, 16, 24, 16), torch.rand(2, 2, 16, 24, 16)
+    assert torch.allclose(g(x, m), loaded(x, m))
 
 
 def test_frozen_predictor_passes_gradients_but_is_not_updated():
@@ -95,7 +110,9 @@ def _learns(cases, steps: int):
 
 
 def test_predictor_learns_on_phantom():
-    learned, constant = _learns(_phantom_cases(14), steps=300)
+    # 300 steps were enough with the dependencies of 2026-11-26; with those of 2026-11-27 the same seed sat on
+    # a plateau at 300 steps (MAE 0.315 against the constant's 0.354) and learned by 600 (0.163, Pearson 0.73)
+    learned, constant = _learns(_phantom_cases(14), steps=600)
     assert learned["mae"] < 0.8 * constant["mae"], (learned, constant)
     assert learned["pearson"] > 0.5, learned
 

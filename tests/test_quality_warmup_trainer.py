@@ -8,9 +8,9 @@ import torch
 
 from conftest import PHANTOM_ID, kill_after_first_checkpoint, run_cli
 from nnunet_qg.quality.network import load_quality_predictor
-from nnunet_qg.quality_control.case_agreement import SELF_ESTIMATE, agreement_on_cases
+from nnunet_qg.quality_control.case_agreement import SELF_ESTIMATE, agreement_on_cases, pooled_agreement
 from nnunet_qg.quality_control.scoring import CaseScorer, QualityControlError
-from nnunet_qg.trainers.nnUNetTrainerQGDrift import DRIFT_VARIANTS, drift_predictor_file
+from nnunet_qg.trainers.nnUNetTrainerQGDrift import DRIFT_VARIANTS, drift_predictor_file, drift_stage_checkpoint
 
 DATASET = f"Dataset{PHANTOM_ID:03d}_Phantom"
 TRAINER = "nnUNetTrainerQGWarmup_debug"  # 4 epochs x 3 iterations, warm-up = epochs 0 and 1
@@ -64,7 +64,7 @@ def test_warmup_measures_the_teacher_and_the_bias(phantom_env):
 
 
 def test_drift_trainer_judges_quality_predictors_side_by_side(phantom_env):
-    """Six g and the network's self-estimate on one network run; state survives in the checkpoint;
+    """Seven g and the network's self-estimate on one network run; state survives in the checkpoint;
     every g is exported at the end and judged on whole held-out cases."""
     trainer = "nnUNetTrainerQGDrift_debug"  # 4 epochs x 3 iterations, warm-up = epochs 0 and 1
     fold = Path(phantom_env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
@@ -86,7 +86,7 @@ def test_drift_trainer_judges_quality_predictors_side_by_side(phantom_env):
     steps = {name: {int(s["step"]) for s in t["optimizer"]["state"].values()} for name, t in trainers.items()}
     # warm-up: 2 epochs x 3 iterations for every g; afterwards the refreshed ones learn every 2nd of 6 steps
     assert steps == {"frozen": {6}, "corruptions_only": {6}, "refreshed": {9}, "ranked": {9},
-                     "ranked_multiscale": {9}, "belief": {9}}
+                     "ranked_multiscale": {9}, "belief": {9}, "full_resolution": {9}}
     assert all(t["frozen"] for t in trainers.values())
     assert len(state["drift_history"]) == 4
     for name, t in trainers.items():  # exported at the end of training, as they were then
@@ -105,6 +105,22 @@ def test_drift_trainer_judges_quality_predictors_side_by_side(phantom_env):
         assert ((0 <= predicted) & (predicted <= 1)).all() and ((0 <= true) & (true <= 1)).all()
         assert result["mean"]["n"] == 2 and np.isfinite(result["mean"]["mae"])
     assert not np.allclose(cases["frozen"]["pairs"][0], cases["belief"]["pairs"][0])
+    # the networks kept after early epochs (5-40 % of 4 epochs: after epochs 0 and 1) predict the same cases,
+    # pooled with the final network's: the wide band of qualities
+    assert sorted(p.name for p in fold.glob("checkpoint_epoch_*.pth")) == [drift_stage_checkpoint(0),
+                                                                            drift_stage_checkpoint(1)]
+    early = agreement_on_cases(str(fold.parent), 0, drift_stage_checkpoint(0), str(raw / "imagesTs"),
+                               str(raw / "labelsTs"), predictors, torch.device("cpu"))
+    pooled = pooled_agreement({"epoch 0": early, "final": cases})
+    for name in cases:
+        predicted, true = pooled[name]["pairs"]
+        assert predicted.shape == true.shape == (4, 2) and pooled[name]["mean"]["n"] == 4
+        assert np.array_equal(true, np.concatenate([early[name]["pairs"][1], cases[name]["pairs"][1]]))
+    kept = torch.load(fold / drift_stage_checkpoint(0), weights_only=False)
+    final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
+    assert kept["current_epoch"] == 1 and final["current_epoch"] == 4  # epochs done when written
+    assert "ssl_state" not in kept and "ssl_state" in final  # nnU-Net's own checkpoint: the network, no g
+    assert any(not torch.equal(v, final["network_weights"][k]) for k, v in kept["network_weights"].items())
     # quality control scores segmentations without the network's softmax: a belief g is refused clearly
     scorer = CaseScorer(str(fold.parent), [0], models=[predictors["belief"]])
     label = next((raw / "labelsTs").iterdir())

@@ -15,8 +15,14 @@ side by side, on the same network run, the same validation patches and the same 
 - `belief`: like `refreshed`, but g also reads the network's softmax next to the mask (built with
   QualityPredictor(belief=True); its training masks and measurements come with the softmax of the
   network that made them).
+- `full_resolution`: like `refreshed`, but g's first stage runs at the patch's resolution (stride 1):
+  it sees every voxel of the boundary, where the network's good predictions differ from each other.
 - `self_estimate` (no g): the network's own expected Dice of a mask, the soft Dice between the mask
   and the network's softmax (the teacher's for the teacher's masks): what g has to beat.
+
+The network is also kept after a few early epochs (`drift_stage_fractions`,
+`checkpoint_epoch_<e>.pth`): networks of several qualities, whose predictions of held-out cases make
+the wide band of qualities on which the paper measures g's accuracy.
 
 At every validation each is judged on the network's real predictions, the EMA teacher's
 predictions (what PL-QW weights) and corrupted masks: `quality_drift.json` and `quality_drift.png`
@@ -24,11 +30,13 @@ in the fold folder. At the end every g is exported (`quality_predictor_<variant>
 `benchmarks/quality_drift_benchmark.py` can also judge them on whole held-out test cases.
 """
 import copy
+import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_qg.atomic import atomic_write_json
 from nnunet_qg.plotting import plot_progress_panels
@@ -39,13 +47,19 @@ from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
 from nnunet_qg.trainers.short_schedule import ShortSchedule
 
 DRIFT_FILE = "quality_drift.json"
-DRIFT_PREDICTORS = ("frozen", "refreshed", "corruptions_only", "ranked", "ranked_multiscale", "belief")
+DRIFT_PREDICTORS = ("frozen", "refreshed", "corruptions_only", "ranked", "ranked_multiscale", "belief",
+                    "full_resolution")
 DRIFT_VARIANTS = DRIFT_PREDICTORS + ("self_estimate",)
 
 
 def drift_predictor_file(variant: str) -> str:
     """The file a drift variant's g is exported to at the end of training (in the fold folder)."""
     return f"quality_predictor_{variant}.pth"
+
+
+def drift_stage_checkpoint(epoch: int) -> str:
+    """The checkpoint a drift run keeps of its network after `epoch` (in the fold folder)."""
+    return f"checkpoint_epoch_{epoch}.pth"
 
 
 @dataclass
@@ -68,6 +82,10 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
         self.drift_refresh_every = 2  # nnUNetTrainerQGSSL's quality_refresh_every
         self.drift_ranking_weight = 1.0  # quality_ranking_weight of the `ranked` variants
         self.drift_multiscale = 3  # quality_prediction_scales of `ranked_multiscale`
+        # the network is also kept after these fractions of the epochs (and the last one is checkpoint_final):
+        # networks of several qualities, like the paper's weak checkpoints, whose predictions of held-out cases
+        # judge g on the wide band of qualities the paper's accuracy is measured on
+        self.drift_stage_fractions = (0.05, 0.1, 0.2, 0.4)
         self.extra: Dict[str, ExtraPredictor] = {}
         self.refreshed: Optional[QualityPredictorTrainer] = None
         self.drift_history: List[dict] = []
@@ -83,7 +101,8 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
             "ranked": ExtraPredictor(self.new_quality_trainer(real, 3, self.drift_ranking_weight)),
             "ranked_multiscale": ExtraPredictor(self.new_quality_trainer(real, 4, self.drift_ranking_weight),
                                                 scales=self.drift_multiscale),
-            "belief": ExtraPredictor(self.new_quality_trainer(real, 5, belief=True))}
+            "belief": ExtraPredictor(self.new_quality_trainer(real, 5, belief=True)),
+            "full_resolution": ExtraPredictor(self.new_quality_trainer(real, 6, full_resolution=True))}
 
     def variants(self) -> Dict[str, QualityPredictorTrainer]:
         """Every g by name; during the warm-up `refreshed` is still the paper's g itself."""
@@ -169,6 +188,25 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
         series["validation pseudo Dice"] = [r["val_pseudo_dice"] for r in self.drift_history]
         panels["the network: nnU-Net's validation pseudo Dice"] = ["validation pseudo Dice"]
         plot_progress_panels(series, panels, path)
+
+    def drift_stage_epochs(self) -> List[int]:
+        """The epochs after which the network is kept as drift_stage_checkpoint(epoch)."""
+        epochs = {min(self.num_epochs - 2, max(0, round(f * self.num_epochs) - 1)) for f in self.drift_stage_fractions}
+        return sorted(e for e in epochs if e >= 0)
+
+    def keep_network(self, epoch: int) -> None:
+        """nnU-Net's own checkpoint (network and optimizer, none of the g: a third of the size), enough to
+        predict with; written under a temporary name and renamed."""
+        path = join(self.output_folder, drift_stage_checkpoint(epoch))
+        tmp = f"{path}.tmp-{os.getpid()}"
+        nnUNetTrainer.save_checkpoint(self, tmp)  # writes nothing on other ranks or with checkpointing off
+        if os.path.isfile(tmp):
+            os.replace(tmp, path)
+
+    def on_epoch_end(self):
+        if self.current_epoch in self.drift_stage_epochs():  # before nnU-Net counts the epoch as done
+            self.keep_network(self.current_epoch)
+        super().on_epoch_end()
 
     def on_train_end(self):
         if self.local_rank == 0:

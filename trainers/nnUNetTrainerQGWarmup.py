@@ -77,13 +77,15 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         self.quality = self.new_quality_trainer(self.quality_real_fraction)
 
     def new_quality_trainer(self, real_fraction: float, seed_offset: int = 0,
-                            ranking_weight: Optional[float] = None, belief: bool = False) -> QualityPredictorTrainer:
+                            ranking_weight: Optional[float] = None, belief: bool = False,
+                            full_resolution: bool = False) -> QualityPredictorTrainer:
         """A fresh g for this plan and its trainer, with the trainer's quality_* settings (under DDP g's
         updates are synchronised); `ranking_weight` overrides quality_ranking_weight; `belief`: g also
-        reads the network's softmax (QualityPredictor)."""
+        reads the network's softmax, `full_resolution`: its first stage runs at full resolution
+        (QualityPredictor)."""
         model = QualityPredictor(self.num_input_channels, len(self.label_manager.foreground_labels),
                                  self.configuration_manager.patch_size, self.quality_features,
-                                 belief=belief).to(self.device)
+                                 belief=belief, full_resolution=full_resolution).to(self.device)
         train_model = DDP(model, device_ids=[self.local_rank]) if self.is_ddp else model
         return QualityPredictorTrainer(
             model, self.label_manager.foreground_labels, self.label_manager.all_labels, self.quality_lr,

@@ -16,15 +16,17 @@ from torch import nn
 QUALITY_PREDICTOR_FILE = "quality_predictor.pth"
 
 
-def encoder_strides(patch_size: Sequence[int], num_stages: int) -> List[List[int]]:
-    """Stride 2 along every axis still at least 8 voxels long, from the first stage on.
+def encoder_strides(patch_size: Sequence[int], num_stages: int, full_resolution: bool = False) -> List[List[int]]:
+    """Stride 2 along every axis still at least 8 voxels long, from the first stage on (from the second
+    with `full_resolution`).
 
-    g only needs a global judgement, so nothing runs at full resolution: this keeps it a small
-    fraction of the segmentation network's cost."""
+    g only needs a global judgement, so by default nothing runs at full resolution: this keeps it a
+    small fraction of the segmentation network's cost. A full-resolution first stage sees every
+    voxel's boundary, where good masks differ."""
     size = list(patch_size)
     strides = []
-    for _ in range(num_stages):
-        s = [2 if x >= 8 else 1 for x in size]
+    for stage in range(num_stages):
+        s = [1] * len(size) if full_resolution and stage == 0 else [2 if x >= 8 else 1 for x in size]
         size = [x // st for x, st in zip(size, s)]
         strides.append(s)
     return strides
@@ -33,21 +35,23 @@ def encoder_strides(patch_size: Sequence[int], num_stages: int) -> List[List[int
 class QualityPredictor(nn.Module):
     """g: (image channels + one channel per foreground label) -> sigmoid Dice per label.
 
-    With `belief`, g also reads the segmentation network's softmax of the foreground labels (one more
+    With `full_resolution`, the first stage runs at the patch's resolution (stride 1; an experiment of the
+    drift benchmark). With `belief`, g also reads the segmentation network's softmax of the foreground labels (one more
     channel per label): the mask is judged next to what the network believes, not only the image."""
 
     def __init__(self, image_channels: int, num_labels: int, patch_size: Sequence[int],
                  features: Sequence[int] = (16, 32, 64, 128), hidden: int = 128, dropout: float = 0.2,
-                 belief: bool = False):
+                 belief: bool = False, full_resolution: bool = False):
         super().__init__()
         self.config: Dict = {"image_channels": int(image_channels), "num_labels": int(num_labels),
                              "patch_size": [int(p) for p in patch_size], "features": [int(f) for f in features],
-                             "hidden": int(hidden), "dropout": float(dropout), "belief": bool(belief)}
+                             "hidden": int(hidden), "dropout": float(dropout), "belief": bool(belief),
+                             "full_resolution": bool(full_resolution)}
         dim = len(patch_size)
         self.encoder = ResidualEncoder(
             input_channels=image_channels + num_labels * (2 if belief else 1), n_stages=len(features), features_per_stage=list(features),
             conv_op=nn.Conv3d if dim == 3 else nn.Conv2d, kernel_sizes=3,
-            strides=encoder_strides(patch_size, len(features)), n_blocks_per_stage=1, conv_bias=True,
+            strides=encoder_strides(patch_size, len(features), full_resolution), n_blocks_per_stage=1, conv_bias=True,
             norm_op=nn.InstanceNorm3d if dim == 3 else nn.InstanceNorm2d, norm_op_kwargs={"eps": 1e-5, "affine": True},
             nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, return_skips=False,
             disable_default_stem=True)

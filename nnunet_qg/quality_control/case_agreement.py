@@ -59,6 +59,21 @@ def agreement_on_cases(model_folder: str, fold: int, checkpoint: str, images_fol
             for name, s in scores.items()}
 
 
+def pooled_agreement(per_network: Dict[str, Dict[str, dict]]) -> Dict[str, dict]:
+    """agreement_on_cases' results for several networks (e.g. the stages of one training) pooled per
+    predictor: every case predicted by every network, one (predicted, true) pair each. Networks of
+    different quality spread the true Dice over a wide band, like the test sets of the paper's figures;
+    one network's cases lie in a narrow band, the harder ranking task."""
+    results = list(per_network.values())
+    names = label_names(results[0])
+    pooled = {}
+    for predictor in results[0]:
+        predicted = np.concatenate([r[predictor]["pairs"][0] for r in results])
+        true = np.concatenate([r[predictor]["pairs"][1] for r in results])
+        pooled[predictor] = {"pairs": (predicted, true), **agreement_per_label(predicted, true, names)}
+    return pooled
+
+
 def without_pairs(results: Dict[str, dict]) -> Dict[str, dict]:
     """The figures of agreement_on_cases without the raw pairs (for JSON and tables)."""
     return {name: {k: v for k, v in r.items() if k != "pairs"} for name, r in results.items()}
