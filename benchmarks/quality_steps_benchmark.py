@@ -28,13 +28,6 @@ sys.path.insert(0, dirname(abspath(__file__)))
 from common import device_description, hippocampus_environment, print_table, write_json  # noqa: E402
 
 
-def label_logits(target: torch.Tensor, all_labels) -> torch.Tensor:
-    """Confident logits of the labels themselves: the `real` masks g is never given here (real_fraction 0)
-    still need logits to be computed from."""
-    channels = torch.stack([(target[:, 0] == l) for l in all_labels], 1)
-    return channels.float() * 10
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, help="work folder of a Hippocampus benchmark (nnUNet_preprocessed)")
@@ -48,7 +41,9 @@ def main() -> None:
     os.environ["nnUNet_results"] = scratch = tempfile.mkdtemp(prefix="quality_steps_")  # nothing is written there
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.paths import nnUNet_preprocessed
+    from nnunet_qg.networks import highest_resolution
     from nnunet_qg.quality.metrics import agreement_per_label
+    from nnunet_qg.quality.training import one_hot_foreground
     from nnunet_qg.trainers.nnUNetTrainerQGWarmup_short import nnUNetTrainerQGWarmup_cpuBench
 
     started = time.time()
@@ -66,8 +61,7 @@ def main() -> None:
         out = []
         for _ in range(n):
             batch = next(loader)
-            target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
-            out.append((batch["data"].to(device), target.to(device)))
+            out.append((batch["data"].to(device), highest_resolution(batch["target"]).to(device)))
         return out
 
     train, val = batches(trainer.dataloader_train, args.batches), batches(trainer.dataloader_val, args.val_batches)
@@ -80,7 +74,9 @@ def main() -> None:
         curves[k] = []
         for sweep in range(k):
             for images, target in train:
-                q.train_step(images, target, label_logits(target, all_labels), trainer._autocast())
+                # confident logits of the labels themselves: g is never given them (real_fraction 0), but its
+                # step computes the `real` masks from logits
+                q.train_step(images, target, one_hot_foreground(target, all_labels) * 10, trainer._autocast())
             pairs = [q.score_masks(images, {"corrupted": draw}, trainer._autocast())["corrupted"]
                      for images, draws in held_out for draw in draws]
             predicted, true = np.concatenate([p for p, _ in pairs]), np.concatenate([t for _, t in pairs])

@@ -1,20 +1,28 @@
 """Write files under a temporary name and rename, so nothing is ever left half-written."""
 import json
 import os
+from contextlib import contextmanager
+from typing import Iterator
+
+
+@contextmanager
+def atomic_path(path: str) -> Iterator[str]:
+    """A temporary name beside `path` for the block to write to; renamed to `path` when the block ends
+    without an error and wrote something there (a writer that writes nothing leaves `path` alone)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    yield tmp
+    if os.path.isfile(tmp):
+        os.replace(tmp, path)
 
 
 def atomic_write_json(obj, path: str) -> None:
     """Write `obj` as JSON to `path` atomically."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=False, default=str)
-    os.replace(tmp, path)
 
 
 def atomic_write_text(text: str, path: str) -> None:
     """Write `text` to `path` atomically."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write(text)
-    os.replace(tmp, path)
 

@@ -9,10 +9,11 @@ writes it once more and renames it: one extra read and write whoever adds entrie
 half-written checkpoint. On resume nnU-Net reads the file (its `load_checkpoint` takes only a path
 in nnunetv2 2.8) and this mixin reads it once more for the extras.
 """
-import os
 from typing import Union
 
 import torch
+
+from nnunet_qg.atomic import atomic_path
 
 
 class CheckpointExtras:
@@ -29,13 +30,12 @@ class CheckpointExtras:
         if self.local_rank != 0 or self.disable_checkpointing:
             return super().save_checkpoint(filename)
         extras = self.checkpoint_extras()  # before writing: nothing between here and the next step draws
-        tmp = f"{filename}.tmp-{os.getpid()}"
-        super().save_checkpoint(tmp)
-        if extras:
-            checkpoint = torch.load(tmp, map_location="cpu", weights_only=False)
-            checkpoint.update(extras)
-            torch.save(checkpoint, tmp)
-        os.replace(tmp, filename)
+        with atomic_path(filename) as tmp:
+            super().save_checkpoint(tmp)
+            if extras:
+                checkpoint = torch.load(tmp, map_location="cpu", weights_only=False)
+                checkpoint.update(extras)
+                torch.save(checkpoint, tmp)
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
         super().load_checkpoint(filename_or_checkpoint)

@@ -30,7 +30,6 @@ in the fold folder. At the end every g is exported (`quality_predictor_<variant>
 `benchmarks/quality_drift_benchmark.py` can also judge them on whole held-out test cases.
 """
 import copy
-import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -38,7 +37,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_qg.atomic import atomic_write_json
+from nnunet_qg.atomic import atomic_path, atomic_write_json
 from nnunet_qg.plotting import plot_progress_panels
 from nnunet_qg.quality.dice import soft_dice_per_label
 from nnunet_qg.quality.network import save_quality_predictor
@@ -197,11 +196,8 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
     def keep_network(self, epoch: int) -> None:
         """nnU-Net's own checkpoint (network and optimizer, none of the g: a third of the size), enough to
         predict with; written under a temporary name and renamed."""
-        path = join(self.output_folder, drift_stage_checkpoint(epoch))
-        tmp = f"{path}.tmp-{os.getpid()}"
-        nnUNetTrainer.save_checkpoint(self, tmp)  # writes nothing on other ranks or with checkpointing off
-        if os.path.isfile(tmp):
-            os.replace(tmp, path)
+        with atomic_path(join(self.output_folder, drift_stage_checkpoint(epoch))) as tmp:
+            nnUNetTrainer.save_checkpoint(self, tmp)  # writes nothing on other ranks or with checkpointing off
 
     def on_epoch_end(self):
         if self.current_epoch in self.drift_stage_epochs():  # before nnU-Net counts the epoch as done

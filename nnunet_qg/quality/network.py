@@ -4,12 +4,13 @@ A compact residual encoder built from dynamic_network_architectures' blocks (the
 own networks come from), global average pooling and the paper's small head
 (Dropout -> Linear -> ReLU -> Dropout -> Linear -> sigmoid). Dimension follows the patch size.
 """
-import os
 from typing import Dict, List, Optional, Sequence
 
 import torch
 from dynamic_network_architectures.building_blocks.residual_encoders import ResidualEncoder
 from torch import nn
+
+from nnunet_qg.atomic import atomic_path
 
 # g's own file in a fold folder: written at the end of the warm-up, and again at the end of training
 # when g kept learning after the warm-up (nnUNetTrainerQGSSL's default)
@@ -77,9 +78,8 @@ class QualityPredictor(nn.Module):
 
 def save_quality_predictor(model: QualityPredictor, path: str) -> None:
     """Weights and config in a file of their own (loadable with weights_only=True); atomic write."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save({"config": model.config, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"config": model.config, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}, tmp)
 
 
 def load_quality_predictor(path: str, device: torch.device = torch.device("cpu")) -> QualityPredictor:
