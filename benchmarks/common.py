@@ -9,6 +9,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from nnunet_qg.atomic import atomic_path
 from nnunet_qg.benchmark.device import describe_device
 
 
@@ -30,10 +31,8 @@ def print_table(rows: List[Dict], columns: List[str]) -> str:
 def write_json(result: Dict, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     result = {"date": date.today().isoformat(), **result}
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(result, f, indent=2, default=float)
-    os.replace(tmp, path)
     print(f"wrote {path}")
 
 

@@ -45,6 +45,7 @@ def main() -> None:
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunet_qg.networks import highest_resolution
     from nnunet_qg.quality.dice import dice_per_label
     from nnunet_qg.quality.training import one_hot_foreground
     from nnunet_qg.ssl_losses import quality_weights
@@ -81,7 +82,7 @@ def main() -> None:
     for _ in range(args.batches):
         batch = next(trainer.dataloader_train)
         data = batch["data"].to(device)
-        target = (batch["target"][0] if isinstance(batch["target"], list) else batch["target"]).to(device)
+        target = highest_resolution(batch["target"]).to(device)
         label_map, quality = judge(data)
         q_l.append(quality.cpu().numpy())
         true_l += [dice_per_label(label_map[i].cpu().numpy(), target[i].cpu().numpy(), labels)

@@ -6,9 +6,9 @@ later predictions, which g does better, and how well does each rank whole held-o
 
 Converts the shared Hippocampus data with its 10 % split (20 labelled cases), plans and
 preprocesses with stock nnU-Net and trains `nnUNetTrainerQGDrift_<profile>Bench` (fold 0): plain
-nnU-Net training with seven quality predictors side by side (frozen = the paper's and
+nnU-Net training with nine quality predictors side by side (frozen = the paper's and
 nnUNetTrainerQGSSL_gFrozen's, refreshed = nnUNetTrainerQGSSL's, corruptions-only, ranked,
-ranked_multiscale, belief, full_resolution; see the trainer) and the network's self-estimate, each judged at every
+ranked_multiscale, belief, full_resolution, multistep, with_self_estimate; see the trainer) and the network's self-estimate, each judged at every
 validation on the same masks: the network's real predictions, the EMA teacher's (what PL-QW weights) and corrupted ground
 truth. Prints MAE / bias / Pearson per g at the end of the warm-up and at the end of training,
 writes all epochs to JSON; the curves are in the fold folder's quality_drift.png.

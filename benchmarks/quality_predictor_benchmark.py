@@ -20,6 +20,7 @@ import torch
 sys.path.insert(0, dirname(abspath(__file__)))
 from common import (device_description, hippocampus_arguments, prepare_hippocampus, print_table,  # noqa: E402
                     train_fold0, write_json)
+from nnunet_qg.networks import highest_resolution  # noqa: E402
 
 PROFILES = {"cpu": {"trainer": "nnUNetTrainerQGWarmup_cpuBench", "device": "cpu", "max_unlabelled": 8},
             "gpu": {"trainer": "nnUNetTrainerQGWarmup_gpuBench", "device": "cuda", "max_unlabelled": 16}}
@@ -43,7 +44,7 @@ def time_fwd_bwd(model, inputs, device, repeats: int = 5) -> float:
 def fwd_bwd(model, inputs) -> None:
     """One forward pass and a backward pass of the sum of the (first) output."""
     out = model(*inputs)
-    out = out[0] if isinstance(out, (list, tuple)) else out
+    out = highest_resolution(out)
     out.float().sum().backward()
 
 

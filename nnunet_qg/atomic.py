@@ -8,9 +8,15 @@ from typing import Iterator
 @contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """A temporary name beside `path` for the block to write to; renamed to `path` when the block ends
-    without an error and wrote something there (a writer that writes nothing leaves `path` alone)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    yield tmp
+    without an error and wrote something there (a writer that writes nothing leaves `path` alone); removed
+    when the block fails. The name keeps `path`'s extension, for writers that choose the format by it."""
+    tmp = f"{path}.tmp-{os.getpid()}{os.path.splitext(path)[1]}"
+    try:
+        yield tmp
+    except BaseException:
+        if os.path.isfile(tmp):
+            os.remove(tmp)
+        raise
     if os.path.isfile(tmp):
         os.replace(tmp, path)
 

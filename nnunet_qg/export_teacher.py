@@ -6,10 +6,11 @@ checkpoint with the teacher's weights as `network_weights`, next to it in the fo
 `nnUNetv2_predict ... -chk checkpoint_final_teacher.pth` predicts with the teacher.
 """
 import argparse
-import os
 from os.path import basename, dirname, join
 
 import torch
+
+from nnunet_qg.atomic import atomic_path
 
 TEACHER_PREFIX = "module."
 
@@ -28,9 +29,8 @@ def export_teacher(checkpoint_file: str, output_file: str = None) -> str:
                          f"(e.g. {sorted(missing)[0]}).")
     checkpoint["network_weights"] = teacher
     output_file = output_file or join(dirname(checkpoint_file), basename(checkpoint_file)[:-4] + "_teacher.pth")
-    tmp = f"{output_file}.tmp-{os.getpid()}"
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, output_file)
+    with atomic_path(output_file) as tmp:
+        torch.save(checkpoint, tmp)
     return output_file
 
 

@@ -1,5 +1,4 @@
 """Plots written next to nnU-Net's own progress.png."""
-import os
 from typing import Dict, List, Sequence
 
 import matplotlib
@@ -7,13 +6,16 @@ import matplotlib
 matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from nnunet_qg.atomic import atomic_path  # noqa: E402
+
 
 def save_figure(fig, path: str, dpi: int = 80) -> None:
     """Save and close a figure, written under a temporary name and renamed."""
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)
 
 
 def plot_progress_panels(logged: Dict[str, List[float]], panels: Dict[str, Sequence[str]], path: str) -> None:

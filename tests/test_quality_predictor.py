@@ -10,6 +10,7 @@ from nnunet_qg.quality.network import (QualityPredictor, encoder_strides, load_q
                                        save_quality_predictor)
 from nnunet_qg.quality.training import (QualityPredictorTrainer, one_hot_foreground, pairwise_ranking_loss,
                                         upsampled_predictions)
+from nnunet_qg.quality.dice import soft_dice_per_label
 from nnunet_qg.quality.metrics import agreement
 
 
@@ -187,3 +188,35 @@ def test_a_belief_predictor_reads_the_softmax_and_refuses_to_run_without_it(tmp_
     assert torch.isfinite(trainer.train_step(image, target, logits, torch.autocast("cpu", enabled=False)))
     scored = trainer.measure_batch(image, target, logits, torch.autocast("cpu", enabled=False), logits)
     assert set(scored) == {"real", "teacher", "corrupted"} and scored["real"][0].shape == (2, 2)
+
+
+def test_a_self_estimate_predictor_starts_from_the_networks_expected_dice(tmp_path):
+    """With self_estimate=True, g's output logit is its head's plus (at the start) the logit of the soft Dice
+    of the mask against the network's softmax: with the head silenced, g is exactly that expected Dice."""
+    g = QualityPredictor(1, 2, (16, 16, 16), self_estimate=True).eval()
+    image, mask, belief = torch.randn(2, 1, 16, 16, 16), torch.rand(2, 2, 16, 16, 16), torch.rand(2, 2, 16, 16, 16)
+    with pytest.raises(ValueError, match="softmax"):
+        g(image, mask)
+    with torch.no_grad():
+        g.head[-1].weight.zero_()
+        g.head[-1].bias.zero_()
+    assert torch.allclose(g(image, mask, belief), soft_dice_per_label(mask, belief), atol=1e-5)
+    save_quality_predictor(g, str(tmp_path / "g.pth"))
+    loaded = load_quality_predictor(str(tmp_path / "g.pth"))
+    assert loaded.uses_belief and loaded.config["self_estimate"] and not loaded.config["belief"]
+    assert torch.allclose(loaded(image, mask, belief), g(image, mask, belief))
+
+
+def test_several_steps_per_batch_each_on_fresh_masks():
+    """train_steps(k): k optimizer steps on one batch, drawing k x masks_per_sample corruptions."""
+    g = QualityPredictor(1, 2, (16, 16, 16), self_estimate=True)
+    trainer = QualityPredictorTrainer(g, [1, 2], [0, 1, 2], real_fraction=0.5, num_threads=1, masks_per_sample=2)
+    target = torch.zeros(2, 1, 16, 16, 16, dtype=torch.long)
+    target[:, :, 4:10, 4:10, 4:10] = 1
+    target[:, :, 10:14, 4:10, 4:10] = 2
+    started = trainer.start_corruptions(target, 3 * 2)
+    loss = trainer.train_steps(torch.randn(2, 1, 16, 16, 16), target, torch.randn(2, 3, 16, 16, 16),
+                               torch.autocast("cpu", enabled=False), steps=3, corruptions=started)
+    assert torch.isfinite(loss) and loss > 0
+    assert {int(s["step"]) for s in trainer.optimizer.state.values()} == {3}
+    assert all(f.done() for draw in started for f in draw)  # every started corruption was used

@@ -47,6 +47,18 @@ def test_warmup_kill_resume_freeze_and_measure(phantom_env):
     assert logged["ssl_unlabeled_weight"][:2] == [0.0, 0.0] and logged["ssl_unlabeled_weight"][2] > 0
 
 
+def test_several_quality_steps_per_warmup_iteration(phantom_env):
+    """quality_steps_per_iteration = 2: g's optimizer steps twice per warm-up iteration, then g is frozen."""
+    trainer = "nnUNetTrainerQGWarmup_debug2gSteps"
+    fold = Path(phantom_env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
+    run_cli(["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], phantom_env)
+    final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
+    quality = final["ssl_state"]["quality"]
+    assert quality["frozen"] is True
+    assert {int(s["step"]) for s in quality["optimizer"]["state"].values()} == {12}  # 2 epochs x 3 iterations x 2
+    assert np.isfinite(final["logging"]["qg_train_loss"][:2]).all()
+
+
 def test_warmup_measures_the_teacher_and_the_bias(phantom_env):
     """g is judged on the EMA teacher's predictions too (what PL-QW weights), with the bias logged."""
     fold = Path(phantom_env["nnUNet_results"]) / DATASET / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
@@ -64,7 +76,7 @@ def test_warmup_measures_the_teacher_and_the_bias(phantom_env):
 
 
 def test_drift_trainer_judges_quality_predictors_side_by_side(phantom_env):
-    """Seven g and the network's self-estimate on one network run; state survives in the checkpoint;
+    """Nine g and the network's self-estimate on one network run; state survives in the checkpoint;
     every g is exported at the end and judged on whole held-out cases."""
     trainer = "nnUNetTrainerQGDrift_debug"  # 4 epochs x 3 iterations, warm-up = epochs 0 and 1
     fold = Path(phantom_env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
@@ -84,9 +96,11 @@ def test_drift_trainer_judges_quality_predictors_side_by_side(phantom_env):
     state = torch.load(fold / "checkpoint_final.pth", weights_only=False)["ssl_state"]
     trainers = {"frozen": state["quality"], "refreshed": state["refreshed"], **state["drift_extra"]}
     steps = {name: {int(s["step"]) for s in t["optimizer"]["state"].values()} for name, t in trainers.items()}
-    # warm-up: 2 epochs x 3 iterations for every g; afterwards the refreshed ones learn every 2nd of 6 steps
+    # warm-up: 2 epochs x 3 iterations for every g (x 4 steps for multistep); afterwards the refreshed ones
+    # learn every 2nd of 6 steps
     assert steps == {"frozen": {6}, "corruptions_only": {6}, "refreshed": {9}, "ranked": {9},
-                     "ranked_multiscale": {9}, "belief": {9}, "full_resolution": {9}}
+                     "ranked_multiscale": {9}, "belief": {9}, "full_resolution": {9}, "multistep": {27},
+                     "with_self_estimate": {9}}
     assert all(t["frozen"] for t in trainers.values())
     assert len(state["drift_history"]) == 4
     for name, t in trainers.items():  # exported at the end of training, as they were then

@@ -129,3 +129,21 @@ def test_split_file_first_k_of_pool(tmp_path):
     assert split_from_file(str(f), "x", None)["unlabelled"] == ["a", "b"]
     with pytest.raises(ConversionError, match="not in"):
         split_from_file(str(f), "y", None)
+
+
+def test_atomic_path_renames_on_success_and_leaves_nothing_on_failure(tmp_path):
+    from nnunet_qg.atomic import atomic_path
+
+    target = tmp_path / "plot.png"
+    with atomic_path(str(target)) as tmp:
+        assert tmp.endswith(".png") and tmp != str(target)  # writers that pick the format by extension
+        Path(tmp).write_text("new")
+    assert target.read_text() == "new"
+    with pytest.raises(RuntimeError):
+        with atomic_path(str(target)) as tmp:
+            Path(tmp).write_text("half")
+            raise RuntimeError("crashed mid-write")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+    with atomic_path(str(tmp_path / "never.json")):
+        pass  # a writer that writes nothing leaves no file
+    assert not (tmp_path / "never.json").exists()

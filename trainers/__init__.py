@@ -11,6 +11,7 @@ from nnunet_qg.trainers.nnUNetTrainerQGDrift import (nnUNetTrainerQGDrift, nnUNe
                                                      nnUNetTrainerQGDrift_debug, nnUNetTrainerQGDrift_gpuBench)
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup_short import (nnUNetTrainerQGWarmup_cpuBench, nnUNetTrainerQGWarmup_debug,
+                                                            nnUNetTrainerQGWarmup_debug2gSteps,
                                                             nnUNetTrainerQGWarmup_gpuBench)
 from nnunet_qg.trainers.nnUNetTrainerSSL import nnUNetTrainerSSL
 from nnunet_qg.trainers import nnUNetTrainer_benchmark as _benchmark

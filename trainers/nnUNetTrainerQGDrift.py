@@ -17,6 +17,11 @@ side by side, on the same network run, the same validation patches and the same 
   network that made them).
 - `full_resolution`: like `refreshed`, but g's first stage runs at the patch's resolution (stride 1):
   it sees every voxel of the boundary, where the network's good predictions differ from each other.
+- `multistep`: like `refreshed`, but during the warm-up it takes `drift_steps_per_iteration` optimizer
+  steps per labelled batch, each on fresh masks (quality_steps_per_iteration): more learning per loaded
+  batch, no extra loading.
+- `with_self_estimate`: like `refreshed`, but g is also given the network's own expected Dice of the mask
+  (QualityPredictor(self_estimate=True)): it starts from that estimate and learns to calibrate and correct it.
 - `self_estimate` (no g): the network's own expected Dice of a mask, the soft Dice between the mask
   and the network's softmax (the teacher's for the teacher's masks): what g has to beat.
 
@@ -38,6 +43,7 @@ from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_qg.atomic import atomic_path, atomic_write_json
+from nnunet_qg.networks import highest_resolution
 from nnunet_qg.plotting import plot_progress_panels
 from nnunet_qg.quality.dice import soft_dice_per_label
 from nnunet_qg.quality.network import save_quality_predictor
@@ -47,7 +53,7 @@ from nnunet_qg.trainers.short_schedule import ShortSchedule
 
 DRIFT_FILE = "quality_drift.json"
 DRIFT_PREDICTORS = ("frozen", "refreshed", "corruptions_only", "ranked", "ranked_multiscale", "belief",
-                    "full_resolution")
+                    "full_resolution", "multistep", "with_self_estimate")
 DRIFT_VARIANTS = DRIFT_PREDICTORS + ("self_estimate",)
 
 
@@ -68,6 +74,7 @@ class ExtraPredictor:
     quality: QualityPredictorTrainer
     scales: int = 1  # quality_prediction_scales of this g
     refresh: bool = True  # after the warm-up: a step every drift_refresh_every iterations (else frozen)
+    steps: int = 1  # optimizer steps per warm-up iteration (quality_steps_per_iteration of this g)
 
 
 class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
@@ -81,6 +88,7 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
         self.drift_refresh_every = 2  # nnUNetTrainerQGSSL's quality_refresh_every
         self.drift_ranking_weight = 1.0  # quality_ranking_weight of the `ranked` variants
         self.drift_multiscale = 3  # quality_prediction_scales of `ranked_multiscale`
+        self.drift_steps_per_iteration = 4  # quality_steps_per_iteration of `multistep`
         # the network is also kept after these fractions of the epochs (and the last one is checkpoint_final):
         # networks of several qualities, like the paper's weak checkpoints, whose predictions of held-out cases
         # judge g on the wide band of qualities the paper's accuracy is measured on
@@ -101,7 +109,9 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
             "ranked_multiscale": ExtraPredictor(self.new_quality_trainer(real, 4, self.drift_ranking_weight),
                                                 scales=self.drift_multiscale),
             "belief": ExtraPredictor(self.new_quality_trainer(real, 5, belief=True)),
-            "full_resolution": ExtraPredictor(self.new_quality_trainer(real, 6, full_resolution=True))}
+            "full_resolution": ExtraPredictor(self.new_quality_trainer(real, 6, full_resolution=True)),
+            "multistep": ExtraPredictor(self.new_quality_trainer(real, 7), steps=self.drift_steps_per_iteration),
+            "with_self_estimate": ExtraPredictor(self.new_quality_trainer(real, 8, self_estimate=True))}
 
     def variants(self) -> Dict[str, QualityPredictorTrainer]:
         """Every g by name; during the warm-up `refreshed` is still the paper's g itself."""
@@ -121,7 +131,7 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
 
     def after_train_step(self, data, target, output_labeled) -> Dict[str, float]:
         out = super().after_train_step(data, target, output_labeled)  # trains / keeps frozen the paper's g
-        target0 = target[0] if isinstance(target, list) else target
+        target0 = highest_resolution(target)
         refresh_now = self.quality.frozen and self._steps_since_warmup % self.drift_refresh_every == 0
         for extra in self.extra.values():
             if extra.quality.frozen and not (extra.refresh and refresh_now):
@@ -130,7 +140,7 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
             if extra.quality.frozen:
                 extra.quality.refresh_step(data, target0, logits, self._autocast(), self.quality_refresh_real_fraction)
             else:
-                extra.quality.train_step(data, target0, logits, self._autocast())
+                extra.quality.train_steps(data, target0, logits, self._autocast(), extra.steps)
         if refresh_now:
             self.refreshed.refresh_step(data, target0, self.quality_training_logits(output_labeled, 1),
                                         self._autocast(), self.quality_refresh_real_fraction)
@@ -172,6 +182,7 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
         if self.local_rank == 0:
             atomic_write_json({"warmup_epochs": self.warmup_epochs, "refresh_every": self.drift_refresh_every,
                                "ranking_weight": self.drift_ranking_weight, "multiscale": self.drift_multiscale,
+                               "steps_per_iteration": self.drift_steps_per_iteration,
                                "epochs": self.drift_history}, join(self.output_folder, DRIFT_FILE))
             self.plot_drift(join(self.output_folder, "quality_drift.png"))
 

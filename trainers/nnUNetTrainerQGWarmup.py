@@ -47,6 +47,9 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         # real predictions g learns from: 1 = the network's full-resolution output; k > 1 also the next
         # k - 1 deep-supervision outputs, upsampled (realistic predictions of lower quality, no extra pass)
         self.quality_prediction_scales = 1
+        # g's optimizer steps per warm-up iteration, each on fresh masks of the same batch: g learns more per
+        # loaded batch (its learning curve on corruptions was still rising when a short warm-up stopped it)
+        self.quality_steps_per_iteration = 1
         self.quality_features = (16, 32, 64, 128)
         self.quality_seed = 12345
         # 0: g frozen after the warm-up (the paper). k > 0: afterwards g still takes one step every k
@@ -78,14 +81,14 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
 
     def new_quality_trainer(self, real_fraction: float, seed_offset: int = 0,
                             ranking_weight: Optional[float] = None, belief: bool = False,
-                            full_resolution: bool = False) -> QualityPredictorTrainer:
+                            full_resolution: bool = False, self_estimate: bool = False) -> QualityPredictorTrainer:
         """A fresh g for this plan and its trainer, with the trainer's quality_* settings (under DDP g's
         updates are synchronised); `ranking_weight` overrides quality_ranking_weight; `belief`: g also
-        reads the network's softmax, `full_resolution`: its first stage runs at full resolution
-        (QualityPredictor)."""
+        reads the network's softmax, `full_resolution`: its first stage runs at full resolution,
+        `self_estimate`: g reads the network's expected Dice of the mask (QualityPredictor)."""
         model = QualityPredictor(self.num_input_channels, len(self.label_manager.foreground_labels),
-                                 self.configuration_manager.patch_size, self.quality_features,
-                                 belief=belief, full_resolution=full_resolution).to(self.device)
+                                 self.configuration_manager.patch_size, self.quality_features, belief=belief,
+                                 full_resolution=full_resolution, self_estimate=self_estimate).to(self.device)
         train_model = DDP(model, device_ids=[self.local_rank]) if self.is_ddp else model
         return QualityPredictorTrainer(
             model, self.label_manager.foreground_labels, self.label_manager.all_labels, self.quality_lr,
@@ -118,8 +121,9 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         super().before_train_step(batch)
         self._pending_corruptions = None
         if self.quality_learns_this_step():
-            target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
-            self._pending_corruptions = self.quality.start_corruptions(target, self.quality.masks_per_sample)
+            target = highest_resolution(batch["target"])
+            steps = 1 if self.quality.frozen else self.quality_steps_per_iteration
+            self._pending_corruptions = self.quality.start_corruptions(target, steps * self.quality.masks_per_sample)
 
     def quality_training_logits(self, output_labeled, scales: int) -> Union[torch.Tensor, Sequence[torch.Tensor]]:
         """The network's predictions g learns from: the full-resolution logits, and with `scales` > 1 the
@@ -129,12 +133,13 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         return output_labeled
 
     def after_train_step(self, data, target, output_labeled) -> Dict[str, StepValue]:
-        target0 = target[0] if isinstance(target, list) else target
+        target0 = highest_resolution(target)
         learns, corruptions = self.quality_learns_this_step(), self._pending_corruptions
         self._pending_corruptions = None
         logits0 = self.quality_training_logits(output_labeled, self.quality_prediction_scales) if learns else None
         if not self.quality.frozen:
-            return {"qg_train_loss": self.quality.train_step(data, target0, logits0, self._autocast(), corruptions)}
+            return {"qg_train_loss": self.quality.train_steps(data, target0, logits0, self._autocast(),
+                                                             self.quality_steps_per_iteration, corruptions)}
         self._steps_since_warmup += 1
         if learns:
             return {"qg_train_loss": self.quality.refresh_step(data, target0, logits0, self._autocast(),
@@ -155,7 +160,7 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
             handle.remove()
         logits = highest_resolution(captured[-1])
         data = batch["data"].to(self.device)
-        target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
+        target = highest_resolution(batch["target"])
         with torch.no_grad(), self._autocast():
             teacher_logits = self.teacher(data)  # the pseudo-labels PL-QW weights come from the teacher
         self._quality_val.append(self.measure_quality(data, target.to(self.device), logits, teacher_logits))

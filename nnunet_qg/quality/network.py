@@ -11,6 +11,7 @@ from dynamic_network_architectures.building_blocks.residual_encoders import Resi
 from torch import nn
 
 from nnunet_qg.atomic import atomic_path
+from nnunet_qg.quality.dice import soft_dice_per_label
 
 # g's own file in a fold folder: written at the end of the warm-up, and again at the end of training
 # when g kept learning after the warm-up (nnUNetTrainerQGSSL's default)
@@ -38,16 +39,20 @@ class QualityPredictor(nn.Module):
 
     With `full_resolution`, the first stage runs at the patch's resolution (stride 1; an experiment of the
     drift benchmark). With `belief`, g also reads the segmentation network's softmax of the foreground labels (one more
-    channel per label): the mask is judged next to what the network believes, not only the image."""
+    channel per label): the mask is judged next to what the network believes, not only the image. With
+    `self_estimate`, g is given that softmax too, but reads only the network's own expected Dice of the mask
+    (the soft Dice of the mask against the softmax, per label): its logit enters g's output logit through a
+    per-label linear map that starts as the identity, so g starts from the self-estimate and learns to
+    calibrate and correct it."""
 
     def __init__(self, image_channels: int, num_labels: int, patch_size: Sequence[int],
                  features: Sequence[int] = (16, 32, 64, 128), hidden: int = 128, dropout: float = 0.2,
-                 belief: bool = False, full_resolution: bool = False):
+                 belief: bool = False, full_resolution: bool = False, self_estimate: bool = False):
         super().__init__()
         self.config: Dict = {"image_channels": int(image_channels), "num_labels": int(num_labels),
                              "patch_size": [int(p) for p in patch_size], "features": [int(f) for f in features],
                              "hidden": int(hidden), "dropout": float(dropout), "belief": bool(belief),
-                             "full_resolution": bool(full_resolution)}
+                             "full_resolution": bool(full_resolution), "self_estimate": bool(self_estimate)}
         dim = len(patch_size)
         self.encoder = ResidualEncoder(
             input_channels=image_channels + num_labels * (2 if belief else 1), n_stages=len(features), features_per_stage=list(features),
@@ -58,22 +63,32 @@ class QualityPredictor(nn.Module):
             disable_default_stem=True)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(features[-1], hidden), nn.ReLU(inplace=True),
                                   nn.Dropout(dropout), nn.Linear(hidden, num_labels))
+        if self_estimate:
+            self.self_estimate_map = nn.Linear(num_labels, num_labels)
+            with torch.no_grad():
+                self.self_estimate_map.weight.copy_(torch.eye(num_labels))
+                self.self_estimate_map.bias.zero_()
 
     @property
     def uses_belief(self) -> bool:
-        return self.config["belief"]
+        """Whether forward needs the network's foreground softmax (`belief` or `self_estimate`)."""
+        return self.config["belief"] or self.config["self_estimate"]
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor, belief: Optional[torch.Tensor] = None) -> torch.Tensor:
         """image (B, C, ...), mask (B, L, ...) probabilities or one-hot, belief (B, L, ...) the network's
-        foreground softmax (only for a g built with `belief`) -> (B, L) predicted Dice."""
+        foreground softmax (only for a g built with `belief` or `self_estimate`) -> (B, L) predicted Dice."""
         inputs = [image, mask.to(image.dtype)]
-        if self.uses_belief:
-            if belief is None:
-                raise ValueError("This quality predictor was built with belief=True: pass the segmentation "
-                                 "network's foreground softmax as `belief`.")
+        if self.uses_belief and belief is None:
+            raise ValueError("This quality predictor was built with belief=True or self_estimate=True: pass the "
+                             "segmentation network's foreground softmax as `belief`.")
+        if self.config["belief"]:
             inputs.append(belief.to(image.dtype))
         features = self.encoder(torch.cat(inputs, 1))
-        return torch.sigmoid(self.head(features.flatten(2).mean(2)).float())
+        logit = self.head(features.flatten(2).mean(2)).float()
+        if self.config["self_estimate"]:
+            expected = soft_dice_per_label(mask.float(), belief.float()).clamp(1e-3, 1 - 1e-3)
+            logit = logit + self.self_estimate_map(torch.logit(expected))
+        return torch.sigmoid(logit)
 
 
 def save_quality_predictor(model: QualityPredictor, path: str) -> None:

@@ -211,6 +211,19 @@ class QualityPredictorTrainer:
         self.optimizer.step()
         return loss.detach()
 
+    def train_steps(self, images: torch.Tensor, target: torch.Tensor,
+                    seg_logits: Union[torch.Tensor, Sequence[torch.Tensor]], autocast_ctx, steps: int = 1,
+                    corruptions: Optional[List[List[Future]]] = None) -> torch.Tensor:
+        """`steps` train_steps on the same batch, each with fresh masks (new corruptions, new draws of which
+        patches give the network's prediction): more learning per loaded batch, no extra loading or network
+        pass. `corruptions`: start_corruptions(target, steps * masks_per_sample). Returns the mean loss."""
+        draws = self.masks_per_sample
+        if corruptions is None:
+            corruptions = self.start_corruptions(target, steps * draws)  # all at once: the threads overlap them
+        losses = [self.train_step(images, target, seg_logits, autocast_ctx, corruptions[s * draws:(s + 1) * draws])
+                  for s in range(steps)]
+        return torch.stack(losses).mean()
+
     def refresh_step(self, images: torch.Tensor, target: torch.Tensor,
                      seg_logits: Union[torch.Tensor, Sequence[torch.Tensor]], autocast_ctx,
                      real_fraction: Optional[float] = None,

@@ -92,8 +92,8 @@ class CaseScorer:
         if belief is None and any(m.uses_belief for m in models):
             raise QualityControlError(
                 f"The quality predictor of {self.model_folder} reads the segmentation network's softmax "
-                f"(built with belief=True); score it with nnunet_qg.quality_control.case_agreement, which "
-                f"predicts that softmax, or use a g without belief.")
+                f"(built with belief=True or self_estimate=True); score it with "
+                f"nnunet_qg.quality_control.case_agreement, which predicts that softmax, or use a g without them.")
         # pads the trailing (spatial) axes up to the patch size where the case is smaller
         data = pad_nd_image(data, self.patch_size, "constant", {"constant_values": 0})
         seg = pad_nd_image(np.maximum(seg, 0), self.patch_size, "constant", {"constant_values": 0})
