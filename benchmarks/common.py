@@ -36,6 +36,22 @@ def write_json(result: Dict, path: str) -> None:
     print(f"wrote {path}")
 
 
+def trainer_from_plans(trainer_class: type, dataset: str, configuration: str, fold: int, device: torch.device):
+    """`trainer_class` built as nnUNetv2_train builds it, from nnUNet_preprocessed/<dataset>'s plans and
+    dataset.json, and started (data loaders ready), not trained. Set nnUNet_results first: the trainer
+    writes its log and plans copies there."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.paths import nnUNet_preprocessed
+
+    folder = join(nnUNet_preprocessed, dataset)
+    plans = load_json(join(folder, "nnUNetPlans.json"))
+    plans["continue_training"] = False  # what nnUNetv2_train adds
+    trainer = trainer_class(plans=plans, configuration=configuration, fold=fold, device=device,
+                            dataset_json=load_json(join(folder, "dataset.json")))
+    trainer.on_train_start()
+    return trainer
+
+
 def run(cmd: List[str], env: Dict[str, str]) -> None:
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, env=env, check=True)

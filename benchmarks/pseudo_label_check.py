@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, dirname(abspath(__file__)))
-from common import device_description, print_table, write_json  # noqa: E402
+from common import device_description, print_table, trainer_from_plans, write_json  # noqa: E402
 
 
 def main() -> None:
@@ -41,8 +41,6 @@ def main() -> None:
     # into a scratch results folder, set before nnU-Net reads its paths
     results = os.environ["nnUNet_results"]
     os.environ["nnUNet_results"] = scratch = tempfile.mkdtemp(prefix="pseudo_label_check_")
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     from nnunet_qg.networks import highest_resolution
@@ -57,13 +55,8 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
         raise SystemExit(f"ERROR: {join(fold_folder, 'checkpoint_final.pth')} not found: train the fold first "
                          f"(nnUNetv2_train {args.d} {args.c} {args.f} -tr {args.tr}).")
-    plans = load_json(join(nnUNet_preprocessed, dataset, "nnUNetPlans.json"))
-    plans["continue_training"] = False
     device = torch.device(args.device)
-    trainer = recursive_find_trainer_class_by_name(args.tr)(
-        plans=plans, configuration=args.c, fold=int(args.f), device=device,
-        dataset_json=load_json(join(nnUNet_preprocessed, dataset, "dataset.json")))
-    trainer.on_train_start()
+    trainer = trainer_from_plans(recursive_find_trainer_class_by_name(args.tr), dataset, args.c, int(args.f), device)
     trainer.load_checkpoint(join(fold_folder, "checkpoint_final.pth"))
     g = trainer.quality_predictor.eval()
     labels = trainer.label_manager.foreground_labels

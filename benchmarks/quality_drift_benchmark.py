@@ -117,11 +117,11 @@ def stage_epochs(fold: str) -> list:
     return sorted(int(re.search(r"_(\d+)\.pth$", f).group(1)) for f in found)
 
 
-def judge_on_stages(fold: str, predictors: dict, device: torch.device, final: dict, plot: str) -> dict:
-    """The same g on the test cases predicted by the networks kept after early epochs and by the final
-    one, pooled: a wide band of true Dice, like the paper's test sets (masks of weak checkpoints)."""
+def judge_on_stages(fold: str, epochs: list, predictors: dict, device: torch.device, final: dict, plot: str) -> dict:
+    """The same g on the test cases predicted by the networks kept after `epochs` (stage_epochs) and by the
+    final one, pooled: a wide band of true Dice, like the paper's test sets (masks of weak checkpoints)."""
     per_network = {f"epoch {e}": judge_network(fold, drift_stage_checkpoint(e), predictors, device)
-                   for e in stage_epochs(fold)}
+                   for e in epochs}
     per_network["final"] = {k: v for k, v in final["results"].items() if k in per_network[next(iter(per_network))]}
     # an early network that predicts nothing gives every case true Dice 0: an easy cluster for any g that
     # knows an empty mask is bad, so the networks that segment something are also pooled on their own
@@ -169,8 +169,9 @@ def main() -> None:
     predictors = exported_predictors(fold, torch.device(profile["device"]))
     cases = judge_on_test_cases(fold, predictors, torch.device(profile["device"]), cases_plot)
     stages_plot = splitext(abspath(args.out))[0] + "_stages.png"
-    stages = judge_on_stages(fold, predictors, torch.device(profile["device"]), cases, stages_plot) \
-        if stage_epochs(fold) else None
+    epochs = stage_epochs(fold)
+    stages = judge_on_stages(fold, epochs, predictors, torch.device(profile["device"]), cases, stages_plot) \
+        if epochs else None
     cases.pop("results")
     spread = ", ".join(f"label {k}: {v['mean']:.3f} +- {v['std']:.3f} ({v['min']:.3f}-{v['max']:.3f})"
                        for k, v in cases["true_dice"].items())

@@ -19,13 +19,13 @@ import shutil
 import sys
 import tempfile
 import time
-from os.path import abspath, dirname, join
+from os.path import abspath, dirname
 
-import numpy as np
 import torch
 
 sys.path.insert(0, dirname(abspath(__file__)))
-from common import device_description, hippocampus_environment, print_table, write_json  # noqa: E402
+from common import (device_description, hippocampus_environment, print_table, trainer_from_plans,  # noqa: E402
+                    write_json)
 
 
 def main() -> None:
@@ -39,22 +39,14 @@ def main() -> None:
     args = parser.parse_args()
     hippocampus_environment(args.work, args.device)
     os.environ["nnUNet_results"] = scratch = tempfile.mkdtemp(prefix="quality_steps_")  # nothing is written there
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.paths import nnUNet_preprocessed
     from nnunet_qg.networks import highest_resolution
-    from nnunet_qg.quality.metrics import agreement_per_label
+    from nnunet_qg.quality.metrics import pooled_agreement_per_label
     from nnunet_qg.quality.training import one_hot_foreground
     from nnunet_qg.trainers.nnUNetTrainerQGWarmup_short import nnUNetTrainerQGWarmup_cpuBench
 
     started = time.time()
     device = torch.device(args.device)
-    folder = join(nnUNet_preprocessed, "Dataset004_Hippocampus")
-    plans = load_json(join(folder, "nnUNetPlans.json"))
-    plans["continue_training"] = False  # what nnUNetv2_train adds
-    trainer = nnUNetTrainerQGWarmup_cpuBench(plans=plans,
-                                             configuration="3d_fullres", fold=0, device=device,
-                                             dataset_json=load_json(join(folder, "dataset.json")))
-    trainer.on_train_start()
+    trainer = trainer_from_plans(nnUNetTrainerQGWarmup_cpuBench, "Dataset004_Hippocampus", "3d_fullres", 0, device)
     all_labels = trainer.label_manager.all_labels
 
     def batches(loader, n: int):
@@ -77,10 +69,10 @@ def main() -> None:
                 # confident logits of the labels themselves: g is never given them (real_fraction 0), but its
                 # step computes the `real` masks from logits
                 q.train_step(images, target, one_hot_foreground(target, all_labels) * 10, trainer._autocast())
-            pairs = [q.score_masks(images, {"corrupted": draw}, trainer._autocast())["corrupted"]
-                     for images, draws in held_out for draw in draws]
-            predicted, true = np.concatenate([p for p, _ in pairs]), np.concatenate([t for _, t in pairs])
-            figures = agreement_per_label(predicted, true, names)
+            scored = [q.score_masks(images, {"corrupted": draw}, trainer._autocast())
+                      for images, draws in held_out for draw in draws]
+            figures = pooled_agreement_per_label(scored, names)["corrupted"]
+            figures.pop("pairs")
             curves[k].append({"steps": (sweep + 1) * len(train), **figures})
             print(f"k={k}: {(sweep + 1) * len(train)} steps, held-out corrupted masks: MAE "
                   f"{figures['mean']['mae']:.3f}, Pearson {figures['mean']['pearson']:.3f}", flush=True)

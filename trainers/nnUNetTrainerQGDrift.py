@@ -46,6 +46,7 @@ from nnunet_qg.atomic import atomic_path, atomic_write_json
 from nnunet_qg.networks import highest_resolution
 from nnunet_qg.plotting import plot_progress_panels
 from nnunet_qg.quality.dice import soft_dice_per_label
+from nnunet_qg.quality.metrics import pooled_agreement_per_label
 from nnunet_qg.quality.network import save_quality_predictor
 from nnunet_qg.quality.training import QualityPredictorTrainer
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
@@ -176,7 +177,7 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
         record = {"epoch": self.current_epoch, "warmup": self.current_epoch < self.warmup_epochs,
                   "val_pseudo_dice": float(self.logger.get_value("mean_fg_dice", step=self.current_epoch))}
         for variant in DRIFT_VARIANTS:
-            summary = self.summarise_quality([b[variant] for b in self._drift_val], names)
+            summary = pooled_agreement_per_label([b[variant] for b in self._drift_val], names)
             record[variant] = {kind: {k: v for k, v in s.items() if k != "pairs"} for kind, s in summary.items()}
         self.drift_history.append(record)
         if self.local_rank == 0:

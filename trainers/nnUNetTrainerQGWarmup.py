@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunet_qg.networks import highest_resolution
 from nnunet_qg.atomic import atomic_write_json
 from nnunet_qg.plotting import plot_calibration
-from nnunet_qg.quality.metrics import agreement_per_label
+from nnunet_qg.quality.metrics import pooled_agreement_per_label
 from nnunet_qg.quality.network import QUALITY_PREDICTOR_FILE, QualityPredictor, save_quality_predictor
 from nnunet_qg.quality.training import QualityPredictorTrainer, upsampled_predictions
 from nnunet_qg.ramps import sigmoid_rampup
@@ -171,19 +171,9 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         """g's predicted vs true Dice on one validation batch, per kind of mask."""
         return self.quality.measure_batch(data, target, logits, self._autocast(), teacher_logits)
 
-    @staticmethod
-    def summarise_quality(measurements: List[Dict[str, tuple]], names: List[str]) -> Dict[str, Dict]:
-        """Per kind of mask: the (predicted, true) pairs and MAE/bias/Pearson/Spearman per label."""
-        out = {}
-        for kind in measurements[0]:
-            predicted = np.concatenate([b[kind][0] for b in measurements])
-            true = np.concatenate([b[kind][1] for b in measurements])
-            out[kind] = {"pairs": (predicted, true), **agreement_per_label(predicted, true, names)}
-        return out
-
     def quality_summary(self) -> Dict[str, Dict]:
         """g on this validation's real, teacher and corrupted masks."""
-        return self.summarise_quality(self._quality_val, [str(l) for l in self.label_manager.foreground_labels])
+        return pooled_agreement_per_label(self._quality_val, [str(l) for l in self.label_manager.foreground_labels])
 
     def on_validation_epoch_end(self, val_outputs):
         super().on_validation_epoch_end(val_outputs)

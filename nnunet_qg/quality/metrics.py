@@ -1,5 +1,5 @@
 """Agreement between predicted and true Dice: MAE, bias, Pearson, Spearman (per label)."""
-from typing import Dict
+from typing import Dict, Sequence, Tuple
 
 import numpy as np
 from scipy import stats
@@ -26,6 +26,18 @@ def agreement_per_label(predicted: np.ndarray, true: np.ndarray, label_names) ->
     per_label["mean"] = {k: finite_mean([v[k] for v in per_label.values()]) for k in keys}
     per_label["mean"]["n"] = int(len(true))
     return per_label
+
+
+def pooled_agreement_per_label(groups: Sequence[Dict[str, Tuple[np.ndarray, np.ndarray]]], label_names
+                               ) -> Dict[str, Dict]:
+    """Per key of `groups` (e.g. a kind of mask, or a predictor): its (predicted, true) (N, L) pairs of every
+    group (batch, network) concatenated, as "pairs", with agreement_per_label's figures on them."""
+    pooled = {}
+    for key in groups[0]:
+        predicted = np.concatenate([group[key][0] for group in groups])
+        true = np.concatenate([group[key][1] for group in groups])
+        pooled[key] = {"pairs": (predicted, true), **agreement_per_label(predicted, true, label_names)}
+    return pooled
 
 
 def finite_mean(values) -> float:

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from nnunet_qg.quality.dice import dice_per_label, soft_dice_per_label
-from nnunet_qg.quality.metrics import agreement_per_label
+from nnunet_qg.quality.metrics import agreement_per_label, pooled_agreement_per_label
 from nnunet_qg.quality.network import QualityPredictor
 from nnunet_qg.quality.training import one_hot_foreground
 from nnunet_qg.quality_control.scoring import CaseScorer, case_ids_and_images, segmentation_file_for
@@ -65,13 +65,8 @@ def pooled_agreement(per_network: Dict[str, Dict[str, dict]]) -> Dict[str, dict]
     different quality spread the true Dice over a wide band, like the test sets of the paper's figures;
     one network's cases lie in a narrow band, the harder ranking task."""
     results = list(per_network.values())
-    names = label_names(results[0])
-    pooled = {}
-    for predictor in results[0]:
-        predicted = np.concatenate([r[predictor]["pairs"][0] for r in results])
-        true = np.concatenate([r[predictor]["pairs"][1] for r in results])
-        pooled[predictor] = {"pairs": (predicted, true), **agreement_per_label(predicted, true, names)}
-    return pooled
+    return pooled_agreement_per_label([{name: r["pairs"] for name, r in result.items()} for result in results],
+                                      label_names(results[0]))
 
 
 def without_pairs(results: Dict[str, dict]) -> Dict[str, dict]:
