@@ -68,6 +68,7 @@ setup(
             "nnUNetv2_qg_make_phantom=nnunet_qg.phantom:entry_point",
             "nnUNetv2_qg_demo=nnunet_qg.demo:entry_point",
             "nnUNetv2_qg_export_teacher=nnunet_qg.export_teacher:entry_point",
+            "nnUNetv2_qg_export=nnunet_qg.export_stock:entry_point",
             "nnUNetv2_qg_benchmark=nnunet_qg.benchmark.cli:entry_point",
             "nnUNetv2_predict_quality=nnunet_qg.quality_control.cli:entry_point",
         ]

@@ -10,15 +10,22 @@ Source layouts:
   `IMDxxx/IMDxxx_lesion/IMDxxx_lesion.bmp` (-i is that folder or the folder containing it);
   or the PNG layout `images/IMDxxx.png` + `masks/IMDxxx.png` (e.g. ../shared/data/ph2).
 - Kvasir-SEG: `images/<name>.jpg` + `masks/<name>.jpg` (grey-level masks).
-- CVC-ClinicDB: `Original/<N>.tif` (RGB) + `Ground Truth/<N>.tif`, read with tifffile.
+- CVC-ClinicDB: `Original/<N>.tif` (RGB) + `Ground Truth/<N>.tif`, read with tifffile. Its 612 frames
+  come from 29 video sequences: `--sequence-table FILE` (CSV: frame id, sequence id) splits whole
+  sequences, so no test sequence has frames in training.
+
+Every file is read inside the input guard (input_checks.reading): an unreadable image or mask stops the
+conversion with its name and the fix; --skip-unreadable leaves out unreadable unlabelled cases.
 """
 import argparse
+import csv
 import os
 from os.path import basename, isdir, join, splitext
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
+from nnunet_qg.dataset_conversion.input_checks import InputError, optional_module, reading
 from nnunet_qg.dataset_conversion.ssl_dataset import (ConversionError, add_split_arguments, check_split,
                                                       check_unique, split_from_arguments, write_ssl_dataset)
 
@@ -74,21 +81,56 @@ def kvasir_pairs(folder: str) -> Pairs:
                                lambda f: splitext(f)[0], lambda f: f, "Kvasir-SEG's images/*.jpg + masks/*.jpg")
 
 
+def cvc_case(frame: str) -> str:
+    """Case id of a CVC-ClinicDB frame: '12', '12.tif' and 'cvc_012' all give cvc_012."""
+    stem = splitext(frame.strip())[0]
+    if stem.startswith("cvc_"):
+        stem = stem[len("cvc_"):]
+    return f"cvc_{int(stem):03d}" if stem.isdigit() else f"cvc_{stem}"
+
+
 def cvc_pairs(folder: str) -> Pairs:
-    def case_of(f: str) -> str:
-        stem = splitext(f)[0]
-        return f"cvc_{int(stem):03d}" if stem.isdigit() else f"cvc_{stem}"
     return _pairs_from_folders(join(folder, "Original"), join(folder, "Ground Truth"), (".tif", ".tiff"),
-                               case_of, lambda f: f, "CVC-ClinicDB's Original/N.tif + Ground Truth/N.tif")
+                               cvc_case, lambda f: f, "CVC-ClinicDB's Original/N.tif + Ground Truth/N.tif")
+
+
+def read_sequence_table(path: str, cases: Iterable[str]) -> Dict[str, str]:
+    """case -> video sequence from a CSV of (frame id, sequence id) rows: frame ids as in Original/
+    ('12', '12.tif') or as case ids ('cvc_012'); a first row that is not a frame (a header) is skipped.
+    Every frame of the source needs its sequence; rows for other frames are ignored."""
+    with reading(path, fix="Give a CSV file with one 'frame id, sequence id' row per frame."), open(path) as f:
+        rows = [(i + 1, [c.strip() for c in row]) for i, row in enumerate(csv.reader(f)) if any(c.strip() for c in row)]
+    if rows and not splitext(rows[0][1][0])[0].replace("cvc_", "").isdigit():
+        rows = rows[1:]  # header
+    sequences: Dict[str, str] = {}
+    for line, row in rows:
+        if len(row) < 2 or not row[0] or not row[1]:
+            raise ConversionError(f"{path}, line {line}: expected 'frame id, sequence id', got {','.join(row)!r}.")
+        case = cvc_case(row[0])
+        if sequences.get(case, row[1]) != row[1]:
+            raise ConversionError(f"{path}, line {line}: frame {row[0]} is given two sequences "
+                                  f"({sequences[case]} and {row[1]}).")
+        sequences[case] = row[1]
+    cases = sorted(cases)
+    missing = [c for c in cases if c not in sequences]
+    if missing:
+        raise ConversionError(f"{path} gives no sequence for {len(missing)} frame(s) of the source, e.g. "
+                              f"{', '.join(missing[:5])}. Every frame needs a row 'frame id, sequence id'.")
+    extra = len(set(sequences) - set(cases))
+    if extra:
+        print(f"{path}: {extra} row(s) name frames that are not in the source; ignored.")
+    return {c: sequences[c] for c in cases}
 
 
 def read_array(path: str) -> np.ndarray:
+    """An image file as an array, read inside the input guard."""
     if path.lower().endswith((".tif", ".tiff")):
-        import tifffile
-        return np.asarray(tifffile.imread(path))
-    from PIL import Image
-    with Image.open(path) as img:
-        return np.asarray(img)
+        tifffile = optional_module("tifffile", "Reading TIFF images (CVC-ClinicDB)")
+        with reading(path):
+            return np.asarray(tifffile.imread(path))
+    image_module = optional_module("PIL.Image", "Reading 2D images")
+    with reading(path), image_module.open(path) as img:
+        return np.asarray(img)  # decodes the whole file (Pillow opens lazily)
 
 
 def rgb_image(path: str) -> np.ndarray:
@@ -117,9 +159,9 @@ def binary_mask(path: str) -> Tuple[np.ndarray, bool]:
 
 def convert_2d_ssl(pairs: Pairs, dataset_id: int, name: str, split, label_name: str, overwrite: bool = False,
                    description: Optional[str] = None, reference: Optional[str] = None,
-                   license: Optional[str] = None) -> str:
+                   license: Optional[str] = None, skip_unreadable: bool = False) -> str:
     """Write the raw 2D dataset (RGB PNG + 0/1 PNG masks); returns its folder."""
-    from PIL import Image
+    Image = optional_module("PIL.Image", "Writing PNG images")
 
     check_split(split, pairs, "the source folder")
     thresholded = []
@@ -141,34 +183,46 @@ def convert_2d_ssl(pairs: Pairs, dataset_id: int, name: str, split, label_name: 
 
     target = write_ssl_dataset(dataset_id, name, split, write_case, channel_names={0: "R", 1: "G", 2: "B"},
                                labels={"background": 0, label_name: 1}, file_ending=".png", overwrite=overwrite,
-                               description=description, reference=reference, license=license)
+                               skip_unreadable=skip_unreadable, description=description, reference=reference,
+                               license=license)
     if thresholded:
         print(f"{len(thresholded)} mask(s) had grey levels and were thresholded at {MASK_THRESHOLD} "
               f"(e.g. {', '.join(thresholded[:3])}).")
     return target
 
 
-DATASETS = {  # name -> (reader, foreground label name, reference, licence)
-    "PH2": (ph2_pairs, "lesion", "PH2 dermoscopy (Mendonca et al. 2013)", "research use with citation"),
-    "Kvasir": (kvasir_pairs, "polyp", "Kvasir-SEG polyp segmentation (Jha et al. 2020)", "see the Kvasir-SEG release"),
-    "CVC": (cvc_pairs, "polyp", "CVC-ClinicDB polyp segmentation (Bernal et al. 2015)", "see the CVC-ClinicDB release"),
+DATASETS = {  # name -> (reader, foreground label name, reference, licence, reader package)
+    "PH2": (ph2_pairs, "lesion", "PH2 dermoscopy (Mendonca et al. 2013)", "research use with citation", "PIL.Image"),
+    "Kvasir": (kvasir_pairs, "polyp", "Kvasir-SEG polyp segmentation (Jha et al. 2020)", "see the Kvasir-SEG release",
+               "PIL.Image"),
+    "CVC": (cvc_pairs, "polyp", "CVC-ClinicDB polyp segmentation (Bernal et al. 2015)", "see the CVC-ClinicDB release",
+            "tifffile"),
 }
 
 
 def _entry_point(dataset: str) -> None:
-    read_pairs, label_name, reference, licence = DATASETS[dataset]
+    read_pairs, label_name, reference, licence, package = DATASETS[dataset]
     parser = argparse.ArgumentParser(description=f"{dataset} -> nnU-Net v2 raw 2D dataset with imagesUnlabeled/ "
                                                  f"(labelled / unlabelled / test split).")
     parser.add_argument("-i", required=True, help=f"{dataset} folder (see nnunet_qg.dataset_conversion.convert_2d_ssl)")
     add_split_arguments(parser)
     parser.add_argument("--name", default=dataset, help=f"Dataset name. Default: {dataset}")
+    if dataset == "CVC":
+        parser.add_argument("--sequence-table", default=None,
+                            help="CSV of 'frame id, sequence id' rows (frame id as in Original/, e.g. 12 or 12.tif): "
+                                 "whole sequences go to test, labelled or unlabelled, and --num-labelled and "
+                                 "--num-test count sequences; with --split-file, no sequence may have frames in both "
+                                 "test and training")
     args = parser.parse_args()
     try:
+        optional_module(package, f"nnUNetv2_convert_{dataset}_ssl")
         pairs = read_pairs(args.i)
-        split = split_from_arguments(args, sorted(pairs))
+        table = getattr(args, "sequence_table", None)
+        sequences = read_sequence_table(table, pairs) if table else None
+        split = split_from_arguments(args, sorted(pairs), groups=sequences, group_name="sequence")
         convert_2d_ssl(pairs, args.d, args.name, split, label_name, args.overwrite, reference=reference,
-                       license=licence)
-    except ConversionError as e:
+                       license=licence, skip_unreadable=args.skip_unreadable)
+    except InputError as e:
         raise SystemExit(f"ERROR: {e}")
 
 

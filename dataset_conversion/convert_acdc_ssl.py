@@ -17,8 +17,11 @@ in-plane resolution).
 The original release is accepted too: per-patient folders `patientXXX/` with
 `patientXXX_frameYY.nii.gz` and `patientXXX_frameYY_gt.nii.gz` (in -i, or in -i/training and
 -i/testing). Patients are split, never frames: `--num-labelled-patients N` (seeded, `--seed`),
-testing/ as the test set where present, else `--num-test-patients M`. NIfTI files are copied with
-their own spacing.
+testing/ as the test set where present, else `--num-test-patients M`. NIfTI files are checked to be
+complete and copied with their own spacing.
+
+An input file that cannot be read (truncated or empty h5 or NIfTI, h5 without `image` or `label`) stops
+the conversion with its name and the fix; --skip-unreadable leaves out unreadable unlabelled volumes.
 """
 import argparse
 import os
@@ -30,9 +33,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from nnunet_qg.dataset_conversion.ssl_dataset import (ConversionError, check_split, random_split, read_id_list,
-                                                      split_from_file, write_ssl_dataset)
-from nnunet_qg.dataset_conversion.volume_io import checked_label, nifti_case_writer, read_h5_image_label
+from nnunet_qg.dataset_conversion.input_checks import (InputError, count, optional_module, positive_count,
+                                                       positive_number, seed)
+from nnunet_qg.dataset_conversion.ssl_dataset import (ConversionError, add_output_arguments, check_split,
+                                                      grouped_split, read_id_list, split_from_file, write_ssl_dataset)
+from nnunet_qg.dataset_conversion.volume_io import (checked_label, nifti_case_writer, nifti_ndim,
+                                                    read_h5_image_label)
 
 SSL4MIS_LABELLED_LINES = {3: 68, 7: 136}  # patients -> lines of train_slices.list
 DEFAULT_SPACING = (5.0, 1.5, 1.5)  # z, y, x
@@ -44,6 +50,7 @@ class ACDCSource:
     """Lists, slices and volumes of an SSL4MIS ACDC folder."""
 
     def __init__(self, folder: str):
+        optional_module("h5py", "ACDC in the SSL4MIS form (h5 files)")
         self.folder = folder
         data = join(folder, "data")
         if not isdir(data) or not isfile(join(folder, "train_slices.list")):
@@ -106,39 +113,40 @@ def original_release_frames(folder: str) -> Dict[str, Dict[str, str]]:
 
 def original_release_split(frames: Dict[str, Dict[str, str]], num_labelled: int, num_test: int, seed: int):
     """Split patients (all frames of a patient go together)."""
-    patients = lambda cases: sorted({c.split("_")[0] for c in cases})  # noqa: E731
-    train_patients = patients(frames["training"])
-    if frames.get("testing"):
-        split = random_split(train_patients, num_labelled, 0, seed)
-        split["test"] = patients(frames["testing"])
-    else:
-        split = random_split(train_patients, num_labelled, num_test, seed)
-    cases = {**frames["training"], **frames.get("testing", {})}
-    return {k: sorted(c for c in cases if c.split("_")[0] in set(v)) for k, v in split.items()}
+    testing = sorted(frames.get("testing", {}))
+    split = grouped_split({c: c.split("_")[0] for c in frames["training"]}, num_labelled,
+                          0 if testing else num_test, seed, "patient")
+    return {**split, "test": testing} if testing else split
 
 
 def convert_acdc_original(frames: Dict[str, Dict[str, str]], dataset_id: int, split, name: str = "ACDC",
-                          overwrite: bool = False) -> str:
+                          overwrite: bool = False, skip_unreadable: bool = False) -> str:
     cases = {**frames["training"], **frames.get("testing", {})}
     check_split(split, cases, "the ACDC folders")
 
     def write_case(case: str, image_folder: str, label_folder: Optional[str]) -> None:
-        shutil.copy(join(cases[case], case + ".nii.gz"), join(image_folder, f"{case}_0000.nii.gz"))
+        image = join(cases[case], case + ".nii.gz")
+        nifti_ndim(image)  # checked complete before it is copied
+        shutil.copy(image, join(image_folder, f"{case}_0000.nii.gz"))
         if label_folder is not None:
-            shutil.copy(join(cases[case], case + "_gt.nii.gz"), join(label_folder, f"{case}.nii.gz"))
+            label = join(cases[case], case + "_gt.nii.gz")
+            nifti_ndim(label)
+            shutil.copy(label, join(label_folder, f"{case}.nii.gz"))
 
     return write_ssl_dataset(dataset_id, name, split, write_case, channel_names={0: "cineMRI"}, labels=LABELS,
-                             file_ending=".nii.gz", overwrite=overwrite, reference="ACDC (Bernard et al. 2018)")
+                             file_ending=".nii.gz", overwrite=overwrite, skip_unreadable=skip_unreadable,
+                             reference="ACDC (Bernard et al. 2018)")
 
 
 def convert_acdc_ssl(folder: str, dataset_id: int, split: Dict[str, List[str]], spacing=DEFAULT_SPACING,
-                     name: str = "ACDC", overwrite: bool = False, source: Optional[ACDCSource] = None) -> str:
+                     name: str = "ACDC", overwrite: bool = False, source: Optional[ACDCSource] = None,
+                     skip_unreadable: bool = False) -> str:
     source = source or ACDCSource(folder)
     check_split(split, source.train + source.test, folder)
 
     return write_ssl_dataset(dataset_id, name, split, nifti_case_writer(source.volume, spacing),
                              channel_names={0: "cineMRI"}, labels=LABELS,
-                             file_ending=".nii.gz", overwrite=overwrite,
+                             file_ending=".nii.gz", overwrite=overwrite, skip_unreadable=skip_unreadable,
                              reference="ACDC (Bernard et al. 2018), SSL4MIS h5 form",
                              description=f"spacing {list(spacing)} mm (z, y, x) given at conversion (h5 has none)")
 
@@ -146,18 +154,21 @@ def convert_acdc_ssl(folder: str, dataset_id: int, split: Dict[str, List[str]], 
 def entry_point() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-i", required=True, help="SSL4MIS ACDC folder (lists + data/)")
-    parser.add_argument("-d", type=int, required=True, help="Target dataset id (DatasetXXX)")
+    add_output_arguments(parser)
     parser.add_argument("--labelled-patients", type=int, choices=sorted(SSL4MIS_LABELLED_LINES), default=None,
                         help="SSL4MIS labelled sets: 3 or 7 patients (first 68 / 136 lines of train_slices.list)")
-    parser.add_argument("--labelled-lines", type=int, default=None, help="or any number of train_slices.list lines")
+    parser.add_argument("--labelled-lines", type=positive_count, default=None,
+                        help="or any number (>= 1) of train_slices.list lines")
     parser.add_argument("--split-file", default=None, help="a converter's ssl_split.json instead")
-    parser.add_argument("--num-labelled-patients", type=int, default=None, help="original release: labelled patients")
-    parser.add_argument("--num-test-patients", type=int, default=0, help="original release without testing/")
-    parser.add_argument("--seed", type=int, default=0, help="original release: seed of the patient split")
-    parser.add_argument("--spacing", type=float, nargs=3, default=list(DEFAULT_SPACING),
-                        help="z y x spacing in mm (h5 has none). Default: 5 1.5 1.5")
+    parser.add_argument("--num-labelled-patients", type=positive_count, default=None,
+                        help="original release: labelled patients, >= 1")
+    parser.add_argument("--num-test-patients", type=count, default=0,
+                        help="original release without testing/: test patients, >= 0. Default: 0")
+    parser.add_argument("--seed", type=seed, default=0,
+                        help="original release: seed of the patient split, 0 to 2**32-1. Default: 0")
+    parser.add_argument("--spacing", type=positive_number, nargs=3, default=list(DEFAULT_SPACING),
+                        help="z y x spacing in mm, each > 0 (h5 has none). Default: 5 1.5 1.5")
     parser.add_argument("--name", default="ACDC")
-    parser.add_argument("--overwrite", action="store_true", help="Replace an existing dataset with this id")
     args = parser.parse_args()
     try:
         folder = os.path.abspath(args.i)
@@ -170,7 +181,7 @@ def entry_point() -> None:
                                       "--num-test-patients M without a testing/ folder) or --split-file.")
             else:
                 split = original_release_split(frames, args.num_labelled_patients, args.num_test_patients, args.seed)
-            convert_acdc_original(frames, args.d, split, args.name, args.overwrite)
+            convert_acdc_original(frames, args.d, split, args.name, args.overwrite, args.skip_unreadable)
             return
         source = ACDCSource(folder)
         if args.split_file:
@@ -183,6 +194,7 @@ def entry_point() -> None:
             labelled = source.labelled_volumes(lines)
             split = {"labelled": labelled, "unlabelled": [v for v in source.train if v not in labelled],
                      "test": source.test}
-        convert_acdc_ssl(source.folder, args.d, split, args.spacing, args.name, args.overwrite, source)
-    except ConversionError as e:
+        convert_acdc_ssl(source.folder, args.d, split, args.spacing, args.name, args.overwrite, source,
+                         args.skip_unreadable)
+    except InputError as e:
         raise SystemExit(f"ERROR: {e}")

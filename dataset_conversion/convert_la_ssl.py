@@ -5,7 +5,9 @@ Source layout (as used by UA-MT / SSL4MIS): a folder with `2018LA_Seg_Training S
 `train.list` (80 ids) and `test.list` (20 ids). The standard protocols take the first 4 (5 %) or 8
 (10 %) ids of train.list as labelled (`--num-labelled 4|8`), the rest of train.list as unlabelled and
 test.list for testing. h5 carries no spacing: `--spacing` (default 0.625 mm isotropic, the LA MRI's
-resolution). Images are written as NIfTI (CASE_0000.nii.gz), labels as CASE.nii.gz.
+resolution). Images are written as NIfTI (CASE_0000.nii.gz), labels as CASE.nii.gz. An h5 file that
+cannot be read (truncated, empty, without `image` or `label`) stops the conversion with its name and the
+fix; --skip-unreadable leaves out unreadable unlabelled cases.
 """
 import argparse
 import os
@@ -14,8 +16,9 @@ from typing import Dict, List
 
 import numpy as np
 
-from nnunet_qg.dataset_conversion.ssl_dataset import (ConversionError, check_split, read_id_list, split_from_file,
-                                                      write_ssl_dataset)
+from nnunet_qg.dataset_conversion.input_checks import InputError, optional_module, positive_count, positive_number
+from nnunet_qg.dataset_conversion.ssl_dataset import (ConversionError, add_output_arguments, check_split, read_id_list,
+                                                      split_from_file, write_ssl_dataset)
 from nnunet_qg.dataset_conversion.volume_io import checked_label, nifti_case_writer, read_h5_image_label
 
 CASES_FOLDER = "2018LA_Seg_Training Set"
@@ -51,7 +54,8 @@ def read_h5_case(path: str):
 
 
 def convert_la_ssl(folder: str, dataset_id: int, split: Dict[str, List[str]], spacing=DEFAULT_SPACING,
-                   name: str = "LeftAtrium", overwrite: bool = False) -> str:
+                   name: str = "LeftAtrium", overwrite: bool = False, skip_unreadable: bool = False) -> str:
+    optional_module("h5py", "nnUNetv2_convert_LA_ssl")
     lists = la_cases(folder)
     check_split(split, lists["train"] + lists["test"], join(folder, CASES_FOLDER))
 
@@ -59,21 +63,21 @@ def convert_la_ssl(folder: str, dataset_id: int, split: Dict[str, List[str]], sp
                                    list(spacing)[::-1])  # spacing is given x y z
     return write_ssl_dataset(dataset_id, name, split, write_case, channel_names={0: "MRI"},
                              labels=LABELS, file_ending=".nii.gz",
-                             overwrite=overwrite, reference="2018 Atrial Segmentation Challenge (h5 form of UA-MT)",
+                             overwrite=overwrite, skip_unreadable=skip_unreadable,
+                             reference="2018 Atrial Segmentation Challenge (h5 form of UA-MT)",
                              description=f"LA 2018, spacing {list(spacing)} mm given at conversion (h5 has none)")
 
 
 def entry_point() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-i", required=True, help=f"folder with '{CASES_FOLDER}/', train.list and test.list")
-    parser.add_argument("-d", type=int, required=True, help="Target dataset id (DatasetXXX)")
-    parser.add_argument("--num-labelled", type=int, default=None,
-                        help="labelled cases from the start of train.list (4 = 5 %%, 8 = 10 %%)")
+    add_output_arguments(parser)
+    parser.add_argument("--num-labelled", type=positive_count, default=None,
+                        help="labelled cases from the start of train.list, >= 1 (4 = 5 %%, 8 = 10 %%)")
     parser.add_argument("--split-file", default=None, help="a converter's ssl_split.json instead of the lists")
-    parser.add_argument("--spacing", type=float, nargs=3, default=list(DEFAULT_SPACING),
-                        help="voxel spacing in mm (h5 has none). Default: 0.625 0.625 0.625")
+    parser.add_argument("--spacing", type=positive_number, nargs=3, default=list(DEFAULT_SPACING),
+                        help="voxel spacing in mm, each > 0 (h5 has none). Default: 0.625 0.625 0.625")
     parser.add_argument("--name", default="LeftAtrium")
-    parser.add_argument("--overwrite", action="store_true", help="Replace an existing dataset with this id")
     args = parser.parse_args()
     try:
         if args.split_file:
@@ -87,6 +91,7 @@ def entry_point() -> None:
                                       f"{len(lists['train'])}.")
             split = {"labelled": lists["train"][:args.num_labelled],
                      "unlabelled": lists["train"][args.num_labelled:], "test": lists["test"]}
-        convert_la_ssl(os.path.abspath(args.i), args.d, split, args.spacing, args.name, args.overwrite)
-    except ConversionError as e:
+        convert_la_ssl(os.path.abspath(args.i), args.d, split, args.spacing, args.name, args.overwrite,
+                       args.skip_unreadable)
+    except InputError as e:
         raise SystemExit(f"ERROR: {e}")

@@ -5,6 +5,8 @@ Labelled cases go to imagesTr/labelsTr, the other training cases to imagesUnlabe
 labels, test cases to imagesTs plus labelsTs (kept for evaluation only). The split comes from a
 split file (format of `ssl_splits.json`: `test`, `pool`, `labelled_sets`) or from
 `--num-labelled N --seed S`. The dataset is assembled in a temporary folder and renamed at the end.
+Every NIfTI file is checked to be complete before it is copied (an unreadable unlabelled case is left
+out with --skip-unreadable; an unreadable labelled or test case always stops the conversion).
 """
 import argparse
 import os
@@ -14,9 +16,11 @@ from typing import List, Optional
 
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
+from nnunet_qg.dataset_conversion.input_checks import InputError, reading
 from nnunet_qg.dataset_conversion.ssl_dataset import (ConversionError, Split,
                                                       add_split_arguments, check_split, split_from_arguments,
                                                       write_ssl_dataset)
+from nnunet_qg.dataset_conversion.volume_io import nifti_ndim
 
 
 def msd_case_ids(source_folder: str) -> List[str]:
@@ -39,25 +43,27 @@ def msd_case_ids(source_folder: str) -> List[str]:
 
 
 def _copy_image(source_image: str, target_folder: str) -> None:
-    """3D: copied as <case>_0000.nii.gz (header read with nibabel); 4D: one file per channel (nnU-Net's)."""
-    import nibabel
-
-    if len(nibabel.load(source_image).shape) == 3:
+    """3D: copied as <case>_0000.nii.gz (checked complete, header read with nibabel); 4D: one file per
+    channel (nnU-Net's)."""
+    if nifti_ndim(source_image) == 3:
         case = os.path.basename(source_image)[:-len(".nii.gz")]
         shutil.copy(source_image, join(target_folder, f"{case}_0000.nii.gz"))
         return
     from nnunetv2.dataset_conversion.convert_MSD_dataset import split_4d_nifti
 
-    split_4d_nifti(source_image, target_folder)
+    with reading(source_image):
+        split_4d_nifti(source_image, target_folder)
 
 
 def convert_msd_ssl(source_folder: str, dataset_id: int, split: Split, dataset_name: Optional[str] = None,
                     max_unlabelled: Optional[int] = None, max_test: Optional[int] = None,
-                    image_reader_writer: Optional[str] = None, overwrite: bool = False) -> str:
+                    image_reader_writer: Optional[str] = None, overwrite: bool = False,
+                    skip_unreadable: bool = False) -> str:
     """Write the raw dataset; returns its folder under nnUNet_raw."""
     source_folder = os.path.abspath(source_folder)
     ids = msd_case_ids(source_folder)
-    msd_json = load_json(join(source_folder, "dataset.json"))
+    with reading(join(source_folder, "dataset.json"), fix="Re-download the MSD task (its dataset.json)."):
+        msd_json = load_json(join(source_folder, "dataset.json"))
     if "modality" not in msd_json or "labels" not in msd_json:
         raise ConversionError(f"{join(source_folder, 'dataset.json')} is not an MSD dataset.json: it needs "
                               f"'modality' and 'labels'.")
@@ -68,13 +74,16 @@ def convert_msd_ssl(source_folder: str, dataset_id: int, split: Split, dataset_n
     def write_case(case: str, image_folder: str, label_folder: Optional[str]) -> None:
         _copy_image(join(source_folder, "imagesTr", case + ".nii.gz"), image_folder)
         if label_folder is not None:
-            shutil.copy(join(source_folder, "labelsTr", case + ".nii.gz"), join(label_folder, case + ".nii.gz"))
+            label = join(source_folder, "labelsTr", case + ".nii.gz")
+            nifti_ndim(label)  # checked complete before it is copied
+            shutil.copy(label, join(label_folder, case + ".nii.gz"))
 
     name = dataset_name or "".join(ch for ch in msd_json.get("name", "MSD") if ch.isalnum())
     return write_ssl_dataset(dataset_id, name, split, write_case,
                              channel_names={int(k): v for k, v in msd_json["modality"].items()},
                              labels={v: int(k) for k, v in msd_json["labels"].items()}, file_ending=".nii.gz",
-                             overwrite=overwrite, reference=msd_json.get("reference"),
+                             overwrite=overwrite, skip_unreadable=skip_unreadable,
+                             reference=msd_json.get("reference"),
                              license=msd_json.get("licence", msd_json.get("license", "see source")),
                              description=msd_json.get("description"),
                              overwrite_image_reader_writer=image_reader_writer)
@@ -89,6 +98,7 @@ def entry_point() -> None:
     args = parser.parse_args()
     try:
         split = split_from_arguments(args, msd_case_ids(args.i))
-        convert_msd_ssl(args.i, args.d, split, args.name, image_reader_writer=args.reader, overwrite=args.overwrite)
-    except ConversionError as e:
+        convert_msd_ssl(args.i, args.d, split, args.name, image_reader_writer=args.reader, overwrite=args.overwrite,
+                        skip_unreadable=args.skip_unreadable)
+    except InputError as e:
         raise SystemExit(f"ERROR: {e}")

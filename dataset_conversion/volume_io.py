@@ -1,21 +1,33 @@
-"""Volume I/O shared by the h5-based converters (LA, ACDC): read image + label, check labels, write NIfTI."""
+"""Volume I/O shared by the 3D converters (MSD, LA, ACDC): read h5 image + label or a NIfTI header inside
+the input guard, check labels, write NIfTI."""
 from os.path import join
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from nnunet_qg.dataset_conversion.input_checks import UnreadableFileError, optional_module, reading
 from nnunet_qg.dataset_conversion.ssl_dataset import ConversionError
 
 
 def read_h5_image_label(path: str):
-    """`image` (float32) and `label` datasets of an h5 file; a clear error when one is missing."""
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        for key in ("image", "label"):
-            if key not in f:
-                raise ConversionError(f"{path} has no '{key}' dataset (it has: {', '.join(f.keys())}).")
+    """`image` (float32) and `label` datasets of an h5 file; an UnreadableFileError when the file cannot
+    be read or one of them is missing."""
+    h5py = optional_module("h5py", "Reading h5 files")
+    with reading(path), h5py.File(path, "r") as f:
+        missing = [key for key in ("image", "label") if key not in f]
+        if missing:
+            raise UnreadableFileError([path], f"it has no '{missing[0]}' dataset (it has: "
+                                              f"{', '.join(f.keys()) or 'none'}; expected 'image' and 'label')")
         return np.asarray(f["image"], dtype=np.float32), np.asarray(f["label"])
+
+
+def nifti_ndim(path: str) -> int:
+    """Number of dimensions of a NIfTI image, after the input guard has checked the file is complete
+    (a file that is copied, not decoded, is checked all the same)."""
+    import nibabel
+
+    with reading(path):
+        return len(nibabel.load(path).shape)
 
 
 def checked_label(image: np.ndarray, label: np.ndarray, labels: Dict[str, int], where: str) -> np.ndarray:

@@ -12,6 +12,8 @@ from typing import Tuple
 
 import numpy as np
 
+from nnunet_qg.dataset_conversion.input_checks import positive_count, seed
+
 
 def _ellipsoid(shape: Tuple[int, ...], center: np.ndarray, radii: np.ndarray) -> np.ndarray:
     grid = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
@@ -66,7 +68,7 @@ def make_phantom_msd(folder: str, num_cases: int = 16, shape: Tuple[int, int, in
 def entry_point() -> None:
     parser = argparse.ArgumentParser(description="Write a tiny synthetic MSD-style dataset (nnunet-qg phantom).")
     parser.add_argument("-o", required=True, help="Output folder (becomes an MSD task folder)")
-    parser.add_argument("-n", type=int, default=16, help="Number of cases. Default: 16")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-n", type=positive_count, default=16, help="Number of cases, >= 1. Default: 16")
+    parser.add_argument("--seed", type=seed, default=0, help="0 to 2**32-1. Default: 0")
     args = parser.parse_args()
     print(make_phantom_msd(args.o, args.n, seed=args.seed))

@@ -7,13 +7,24 @@ import torch.nn.functional as F
 Outputs = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 
+def ds_target(target: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """A label map (B, 1, ...) at `shape`, aligned as batchgeneratorsv2's DownsampleSegForDSTransform
+    aligns nnU-Net's deep-supervision targets: `nearest-exact` interpolation to the output's shape
+    (that transform's shape, round(size * scale), is the output's for patches nnU-Net plans)."""
+    if tuple(target.shape[2:]) == tuple(shape):
+        return target
+    return F.interpolate(target.float(), size=tuple(shape), mode="nearest-exact").to(target.dtype)
+
+
 def per_sample_dice_ce(outputs: Outputs, target: torch.Tensor, ds_weights: Optional[Sequence[float]] = None,
                        smooth: float = 1e-5) -> torch.Tensor:
     """nnU-Net's Dice + CE (Dice without background, as nnU-Net does), one value per sample.
 
     outputs: logits (B, C, ...) or a deep-supervision list (highest resolution first);
-    target: (B, 1, ...) channel indices at full resolution, downsampled by nearest neighbour
-    for the lower outputs; ds_weights: nnU-Net's deep-supervision weights (they sum to 1).
+    target: (B, 1, ...) channel indices at full resolution, downsampled for the lower outputs as
+    nnU-Net's targets are (ds_target); ds_weights: nnU-Net's deep-supervision weights (they sum to 1).
+    Averaged over samples this equals nnU-Net's DeepSupervisionWrapper(DC_and_CE_loss) with
+    MemoryEfficientSoftDiceLoss(batch_dice=False, do_bg=False) + 1 (its Dice term is negative).
     """
     outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
     ds_weights = [1.0] if ds_weights is None else list(ds_weights)
@@ -21,8 +32,7 @@ def per_sample_dice_ce(outputs: Outputs, target: torch.Tensor, ds_weights: Optio
     for logits, weight in zip(outputs, ds_weights):
         if weight == 0:
             continue
-        t = target if target.shape[2:] == logits.shape[2:] else \
-            F.interpolate(target.float(), size=logits.shape[2:], mode="nearest").long()
+        t = ds_target(target, logits.shape[2:])
         logits = logits.float()
         ce = F.cross_entropy(logits, t[:, 0].long(), reduction="none").flatten(1).mean(1)
         probs = torch.softmax(logits, 1)[:, 1:]
@@ -35,8 +45,27 @@ def per_sample_dice_ce(outputs: Outputs, target: torch.Tensor, ds_weights: Optio
 
 
 def quality_weights(quality: torch.Tensor, temperature: float = 2.0, threshold: float = 0.5) -> torch.Tensor:
-    """w = q^T * 1[q >= tau] (METHOD.md section 4)."""
-    return quality.clamp(0, 1).pow(temperature) * (quality >= threshold).to(quality.dtype)
+    """w = q^T * 1[q >= tau] (METHOD.md section 4); a non-finite q is a rejection (w = 0), never a NaN weight."""
+    finite = torch.isfinite(quality)
+    q = torch.where(finite, quality, torch.zeros_like(quality)).clamp(0, 1)
+    return q.pow(temperature) * (finite & (quality >= threshold)).to(quality.dtype)
+
+
+def nonfinite_fraction(quality: torch.Tensor) -> torch.Tensor:
+    """The share of scores that are not finite (rejected by quality_weights, left out of qar_loss)."""
+    return (~torch.isfinite(quality)).float().mean()
+
+
+def qar_loss(quality: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """QAR's 1 - mean g(x, softmax(f(x))) (METHOD.md section 3) over the finite scores only; 0 if none is.
+    quality: (B, L) scores of `mask` (B, L, ...), the soft mask g read: a sample with a non-finite score gets no
+    gradient through it (masking the score alone would not do: its zero gradient meets NaN inside g)."""
+    finite = torch.isfinite(quality)
+    loss = torch.where(finite, 1 - quality, torch.zeros_like(quality)).sum() / finite.sum().clamp_min(1)
+    if mask is not None and mask.requires_grad:
+        keep = finite.all(1).view(-1, *(1,) * (mask.ndim - 1))
+        mask.register_hook(lambda grad: torch.where(keep, grad, torch.zeros_like(grad)))
+    return loss
 
 
 def weighted_mean(losses: torch.Tensor, weights: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -61,3 +90,15 @@ def confidence_masked_ce(student_logits: torch.Tensor, teacher_probs: torch.Tens
     keep = (confidence >= threshold).float()
     ce = F.cross_entropy(student_logits.float(), pseudo, reduction="none")
     return (ce * keep).mean(), keep.mean()
+
+
+def batch_size_weighted_mean(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """sum_j w_j l_j / B: an absolute normalisation (a pseudo-label of weight 0.5 counts half, whatever its
+    batch neighbours' weights), where weighted_mean's sum_j w_j makes the weights relative to each other."""
+    return (weights.detach().to(losses.dtype) * losses).sum() / losses.shape[0]
+
+
+def effective_sample_size(weights: torch.Tensor) -> torch.Tensor:
+    """(sum w)^2 / sum w^2: how many samples a batch's weights count as (0 when every weight is 0)."""
+    weights = weights.detach().float()
+    return weights.sum().pow(2) / weights.pow(2).sum().clamp_min(1e-12)

@@ -1,8 +1,13 @@
 """Every bad unlabelled input gets a clear message naming the file or folder and the fix."""
+import pickle
 import shutil
 from pathlib import Path
 
-from conftest import PHANTOM_ID, run_cli
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import PHANTOM_ID, nnunet_env, run_cli
 
 DATASET = f"Dataset{PHANTOM_ID:03d}_Phantom"
 PREPROCESS = ["nnUNetv2_preprocess_unlabeled", "-d", str(PHANTOM_ID), "-c", "3d_fullres", "-np", "1"]
@@ -43,10 +48,24 @@ def test_badly_named_file(phantom_copy):
     _fails_with(phantom_copy, "Unexpected file", "scan.nii.gz", "<case>_<XXXX>.nii.gz")
 
 
-def test_unreadable_image(phantom_copy):
+def _damage(bad: Path, how: str, like: Path) -> str:
+    """Write a damaged NIfTI at `bad`; returns what the message must say is wrong."""
+    if how == "not_nifti":
+        bad.write_bytes(b"this is not a nifti file")
+        return "not a NIfTI image"
+    if how == "empty":
+        bad.write_bytes(b"")
+        return "empty (0 bytes)"
+    data = like.read_bytes()  # a real case cut in half: SimpleITK alone would read it as zeros
+    bad.write_bytes(data[:len(data) // 2])
+    return "truncated"
+
+
+@pytest.mark.parametrize("how", ["not_nifti", "empty", "cut_in_half"])
+def test_unreadable_image(phantom_copy, how):
     bad = _unlabeled(phantom_copy) / "broken_0000.nii.gz"
-    bad.write_bytes(b"this is not a nifti file")
-    _fails_with(phantom_copy, "Could not read", str(bad), "remove the case")
+    problem = _damage(bad, how, sorted(_unlabeled(phantom_copy).iterdir())[-1])
+    _fails_with(phantom_copy, "ERROR: Could not read", str(bad), problem, "remove unlabelled case 'broken'")
     folder = Path(phantom_copy["nnUNet_preprocessed"]) / DATASET / "nnUNetPlans_3d_fullres_unlabeled"
     assert not (folder / "broken.pkl").exists() and not (folder / "broken.b2nd").exists()
     assert not list(folder.glob(".tmp-*"))
@@ -67,3 +86,40 @@ def test_trainer_without_preprocessed_unlabelled(phantom_copy):
     assert proc.returncode != 0
     assert "No preprocessed unlabelled cases" in text
     assert f"nnUNetv2_preprocess_unlabeled -d {PHANTOM_ID} -c 3d_fullres" in text
+
+
+@pytest.mark.parametrize("variable", ["nnUNet_raw", "nnUNet_preprocessed"])
+def test_unset_folder_variable_is_named(tmp_path, variable):
+    env = nnunet_env(tmp_path)
+    del env[variable]
+    _fails_with(env, f"ERROR: {variable} is not set", f"export {variable}=")
+
+
+def test_unknown_dataset_is_named(tmp_path):
+    _fails_with(nnunet_env(tmp_path), f"Dataset {PHANTOM_ID}: not found in nnUNet_raw", "nnUNetv2_plan_and_preprocess")
+
+
+def test_quality_control_names_unset_results_folder(tmp_path):
+    env = nnunet_env(tmp_path)
+    del env["nnUNet_results"]
+    cmd = ["nnUNetv2_predict_quality", "-i", str(tmp_path), "-o", str(tmp_path / "qc"), "-d", str(PHANTOM_ID)]
+    _fails_with(env, "ERROR: nnUNet_results is not set", cmd=cmd)
+
+
+def test_quality_control_reads_every_input_inside_the_guard(tmp_path):
+    """nnUNetv2_predict_quality reads each input image once, inside the guard, before predicting."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from nnunet_qg.dataset_conversion.input_checks import UnreadableFileError
+    from nnunet_qg.quality_control.cli import read_inputs_once
+
+    good = tmp_path / "good_0000.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.rand(12, 10, 8).astype(np.float32)), str(good))
+    read_inputs_once({"good": [str(good)]}, SimpleITKIO)
+    bad = tmp_path / "bad_0000.nii.gz"
+    _damage(bad, "cut_in_half", good)
+    with pytest.raises(UnreadableFileError) as caught:
+        read_inputs_once({"good": [str(good)], "bad": [str(bad)]}, SimpleITKIO)
+    assert caught.value.paths == [str(bad)] and "truncated" in str(caught.value)
+    assert "remove case 'bad'" in str(caught.value)
+    assert str(pickle.loads(pickle.dumps(caught.value))) == str(caught.value)  # crosses worker processes

@@ -220,3 +220,63 @@ def test_several_steps_per_batch_each_on_fresh_masks():
     assert torch.isfinite(loss) and loss > 0
     assert {int(s["step"]) for s in trainer.optimizer.state.values()} == {3}
     assert all(f.done() for draw in started for f in draw)  # every started corruption was used
+
+
+def _two_label_target() -> torch.Tensor:
+    target = torch.zeros(2, 1, 16, 16, 16, dtype=torch.long)
+    target[:, :, 4:10, 4:10, 4:10] = 1
+    target[:, :, 10:14, 4:10, 4:10] = 2
+    return target
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("refresh", [False, True])
+def test_g_trains_in_float32_under_the_trainers_autocast(dtype, refresh):
+    """The trainer passes its autocast; g's training (no loss scaling of its own) must not run in it: in float16
+    the gradients of its small SmoothL1 losses underflow. Every convolution of g computes in float32."""
+    g = QualityPredictor(1, 2, (16, 16, 16))
+    trainer = QualityPredictorTrainer(g, [1, 2], [0, 1, 2], real_fraction=0.5, num_threads=1)
+    if refresh:
+        trainer.freeze()
+    seen = []
+    handles = [m.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+               for m in g.modules() if isinstance(m, torch.nn.Conv3d)]
+    step = trainer.refresh_step if refresh else trainer.train_step
+    loss = step(torch.randn(2, 1, 16, 16, 16), _two_label_target(), torch.randn(2, 3, 16, 16, 16),
+                torch.autocast("cpu", dtype=dtype))
+    for h in handles:
+        h.remove()
+    assert seen and set(seen) == {torch.float32} and loss.dtype == torch.float32
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in g.parameters())
+
+
+def test_a_non_finite_loss_skips_gs_step_and_is_logged():
+    g = QualityPredictor(1, 2, (16, 16, 16))
+    logged = []
+    trainer = QualityPredictorTrainer(g, [1, 2], [0, 1, 2], real_fraction=0.5, num_threads=1, log=logged.append)
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    image = torch.randn(2, 1, 16, 16, 16)
+    image[0, 0, 3, 3, 3] = float("nan")  # g's score of that patch, and with it the loss, is NaN
+    loss = trainer.train_step(image, _two_label_target(), torch.randn(2, 3, 16, 16, 16),
+                              torch.autocast("cpu", enabled=False))
+    assert not torch.isfinite(loss)
+    assert all(torch.equal(before[k], v) for k, v in g.state_dict().items())
+    assert not trainer.optimizer.state and trainer.skipped_steps == 1 and "skipped" in logged[0]
+    # the next finite step trains as usual
+    loss = trainer.train_step(torch.randn(2, 1, 16, 16, 16), _two_label_target(), torch.randn(2, 3, 16, 16, 16),
+                              torch.autocast("cpu", enabled=False))
+    assert torch.isfinite(loss) and not all(torch.equal(before[k], v) for k, v in g.state_dict().items())
+    assert all(torch.isfinite(v).all() for v in g.state_dict().values() if v.is_floating_point())
+    assert trainer.skipped_steps == 1 and len(logged) == 1
+
+
+def test_close_shuts_the_corruption_threads_down_and_may_be_called_twice():
+    trainer = QualityPredictorTrainer(QualityPredictor(1, 2, (16, 16, 16)), [1, 2], [0, 1, 2], num_threads=2)
+    trainer.corrupted_draws(_two_label_target(), 2)
+    pool = trainer._pool
+    assert pool is not None and len(pool._threads) > 0
+    trainer.close()
+    assert trainer._pool is None and pool._shutdown and not any(t.is_alive() for t in pool._threads)
+    trainer.close()  # a second call does nothing
+    assert len(trainer.corrupted_draws(_two_label_target(), 2)) == 2  # later corruptions start new threads
+    trainer.close()

@@ -8,6 +8,7 @@ student, so its probabilities must equal the student's softmax sample by sample.
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 from conftest import PHANTOM_ID, TRAINER_FROM_ARGV, run_cli
@@ -79,9 +80,16 @@ def test_pseudo_label_check_reads_a_trained_fold_and_leaves_it_alone(phantom_cop
     proc = run_cli([sys.executable, str(REPO / "benchmarks" / "pseudo_label_check.py"), "-d", str(PHANTOM_ID),
                     "-tr", "nnUNetTrainerQGSSL_debug", "--batches", "2", "--device", "cpu", "--out", str(out)],
                    env, cwd=tmp_path)
-    rows = {r["patches"]: r for r in json.loads(out.read_text())["rows"]}
+    report = json.loads(out.read_text())
+    rows = {r["patches"]: r for r in report["rows"]}
     assert rows["labelled"]["n"] == rows["unlabelled"]["n"] == 4  # 2 batches of 2
-    assert all(0.0 <= rows["labelled"][f"true Dice {l}"] <= 1.0 for l in (1, 2))
-    assert 0.0 <= rows["unlabelled"]["weight mean"] <= 1.0 and "| unlabelled |" in proc.stdout
+    true, scores = np.array(report["labelled_true_dice"]), np.array(report["labelled_g"])
+    assert true.shape == scores.shape == (4, 2) and np.isfinite(true).all()
+    assert [rows["labelled"][f"true Dice {l}"] for l in (1, 2)] == pytest.approx(true.mean(0).tolist())
+    assert rows["labelled"]["g MAE"] == pytest.approx(np.abs(scores - true).mean())
+    for row in rows.values():  # w = q^T 1[q >= tau]: a kept pseudo-label weighs between tau^T and 1, a rejected one 0
+        lowest = report["threshold"] ** report["temperature"]
+        assert lowest * row["kept"] - 1e-6 <= row["weight mean"] <= row["kept"] + 1e-6, row
+    assert "| unlabelled |" in proc.stdout
     after = {p.name: p.stat().st_mtime_ns for p in fold.iterdir()}
     assert after == before, sorted(set(after.items()) ^ set(before.items()))

@@ -31,17 +31,20 @@ def test_trainer_end_to_end(phantom_env, tmp_path, trainer):
     log = final["logging"]
     unlabeled = log["ssl_loss_unlabeled"]
     assert np.isfinite(unlabeled).all()
-    # the unlabelled path ran for real; with quality weights alone (PL-QW, MT-QW) it is exactly 0 when g
-    # (3 warm-up steps here) rejects every patch, which the logged fraction kept then shows
-    all_rejected = trainer in ("nnUNetTrainerQGSSL_PLQW_debug", "nnUNetTrainerMTQW_debug") \
-        and log["ssl_pseudo_label_kept"][-1] == 0.0
-    assert unlabeled[-1] > 0 or all_rejected
+    # the unlabelled path ran for real: its loss is > 0 in the last epoch (with quality weights alone, PL-QW and
+    # MT-QW, in some epoch after the warm-up: a refreshed g may come to reject a late epoch's pseudo-labels)
+    weights_only = trainer in ("nnUNetTrainerQGSSL_PLQW_debug", "nnUNetTrainerMTQW_debug")
+    assert (max(unlabeled[1:]) if weights_only else unlabeled[-1]) > 0, unlabeled
     if trainer.startswith(("nnUNetTrainerQGSSL", "nnUNetTrainerMTQW")):
         assert final["ssl_state"]["quality"]["frozen"] is True
         assert log["ssl_unlabeled_weight"][0] == 0.0  # warm-up epoch
         if trainer != "nnUNetTrainerQGSSL_QAR_debug":  # quality weights exist where PL-QW (or MT-QW) runs
-            assert np.isfinite(log["ssl_loss_plqw"][1:]).all()
-            assert 0.0 <= log["ssl_quality_weight_mean"][-1] <= 1.0
+            assert np.isfinite(log["ssl_loss_plqw"][1:]).all() and max(log["ssl_loss_plqw"][1:]) > 0
+            kept, weight = np.array(log["ssl_pseudo_label_kept"][1:]), np.array(log["ssl_quality_weight_mean"][1:])
+            assert kept.max() > 0, kept  # g kept pseudo-labels (its scores are ~0.55-0.7 after this warm-up)
+            # w = q^T 1[q >= tau]: a kept pseudo-label weighs between tau^T and 1, a rejected one 0
+            assert (weight >= 0.5 ** 2 * kept - 1e-6).all() and (weight <= kept + 1e-6).all(), (kept, weight)
+            assert np.array_equal(log["ssl_quality_nonfinite"][1:], [0.0] * 3)  # g's scores are finite
         if trainer in ("nnUNetTrainerQGSSL_debug", "nnUNetTrainerQGSSL_QAR_debug", "nnUNetTrainerQGSSL_lowMemory_debug"):
             assert math.isnan(log["ssl_loss_qar"][1]) and np.isfinite(log["ssl_loss_qar"][2:]).all()
     if trainer == "nnUNetTrainerQGSSL_debug":  # g kept learning after the warm-up (every 2nd step)
@@ -52,7 +55,7 @@ def test_trainer_end_to_end(phantom_env, tmp_path, trainer):
     if trainer == "nnUNetTrainerQGSSL_gFrozen_debug":  # the paper's g: no step after the warm-up epoch
         assert np.isfinite(log["qg_train_loss"][0]) and np.isnan(log["qg_train_loss"][1:]).all()
     if trainer == "nnUNetTrainerFixMatch_debug":
-        assert 0.0 <= log["ssl_pseudo_label_kept"][-1] <= 1.0
+        assert log["ssl_pseudo_label_kept"][-1] > 0  # the teacher is confident somewhere (its loss is > 0 above)
     assert (fold / "progress_ssl.png").is_file()
 
     raw = Path(env["nnUNet_raw"]) / DATASET

@@ -37,6 +37,13 @@ def test_worker_seeds_distinct_per_worker_and_rank():
     assert worker_seeds(12345, 1, 8) == worker_seeds(12345, 1, 8)
 
 
+def test_unlabelled_loader_takes_half_of_nnunets_workers():
+    """Both loaders share the cores: half of nnUNet_n_proc_DA, at least one, none when nnU-Net runs in-process."""
+    from nnunet_qg.unlabeled.data_loader import unlabeled_workers
+
+    assert [unlabeled_workers(n) for n in (0, 1, 2, 3, 8, 12)] == [0, 1, 1, 1, 4, 6]
+
+
 def test_training_seed_from_environment(monkeypatch):
     from nnunet_qg.trainers.seeded_training import SEED_ENV, single_threaded_data_loading, training_seed
 

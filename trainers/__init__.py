@@ -13,7 +13,16 @@ from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup_short import (nnUNetTrainerQGWarmup_cpuBench, nnUNetTrainerQGWarmup_debug,
                                                             nnUNetTrainerQGWarmup_debug2gSteps,
                                                             nnUNetTrainerQGWarmup_gpuBench)
+from nnunet_qg.trainers.nnUNetTrainerPLControls import (nnUNetTrainerOraclePL, nnUNetTrainerShuffledPL,
+                                                        nnUNetTrainerUnweightedPL)
 from nnunet_qg.trainers.nnUNetTrainerSSL import nnUNetTrainerSSL
+from nnunet_qg.trainers.nnUNetTrainer_evidence import (nnUNetTrainer_evidence, nnUNetTrainer_evidenceCurve,
+                                                       nnUNetTrainerMeanTeacher_evidence, nnUNetTrainerOraclePL_evidence,
+                                                       nnUNetTrainerQGSSL_evidence, nnUNetTrainerQGSSL_PLQW_evidence,
+                                                       nnUNetTrainerQGSSL_PLQWbatchSize_evidence,
+                                                       nnUNetTrainerShuffledPL_evidence, nnUNetTrainerUnweightedPL_evidence,
+                                                       nnUNetTrainer_evidenceTiny, nnUNetTrainerOraclePL_evidenceTiny,
+                                                       nnUNetTrainerUnweightedPL_evidenceTiny)
 from nnunet_qg.trainers import nnUNetTrainer_benchmark as _benchmark
 from nnunet_qg.trainers.nnUNetTrainerSSL_short import nnUNetTrainerSSL_debug, nnUNetTrainerSSL_demo
 

@@ -7,7 +7,9 @@ for extra entries. Each class that needs some (`nnUNetTrainerSSL`: the teacher a
 this mixin writes nnU-Net's checkpoint under a temporary name, reads it back once, adds all extras,
 writes it once more and renames it: one extra read and write whoever adds entries, and never a
 half-written checkpoint. On resume nnU-Net reads the file (its `load_checkpoint` takes only a path
-in nnunetv2 2.8) and this mixin reads it once more for the extras.
+in nnunetv2 2.8) and this mixin reads it once more for the extras, onto the CPU: each taker copies its
+tensors to where they belong (module.load_state_dict into the device's parameters and buffers, torch's
+Optimizer.load_state_dict to its parameters' device; the random states are CPU tensors anyway).
 """
 from typing import Union
 
@@ -39,6 +41,6 @@ class CheckpointExtras:
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
         super().load_checkpoint(filename_or_checkpoint)
-        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False) \
+        checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False) \
             if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint
         self.load_checkpoint_extras(checkpoint)

@@ -220,7 +220,9 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
         if self.local_rank == 0:
             for name, variant in self.variants().items():
                 save_quality_predictor(variant.model, join(self.output_folder, drift_predictor_file(name)))
-        super().on_train_end()
+        super().on_train_end()  # closes self.quality
+        for variant in self.variants().values():
+            variant.close()
 
     # ------------------------------------------------------------------ checkpoints
     def ssl_state_dict(self) -> dict:

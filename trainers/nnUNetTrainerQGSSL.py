@@ -7,13 +7,19 @@ linear ramp; g keeps learning from the labelled batch every 2nd step after the w
 fractions of num_epochs (the paper's are epochs of a 200-epoch run), so short schedules keep
 their shape.
 """
-from typing import Dict, Tuple
+from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 
 from nnunet_qg.networks import highest_resolution
+from nnunet_qg.quality.dice import soft_dice_per_label
+from nnunet_qg.quality.metrics import agreement
+from nnunet_qg.quality.training import one_hot_foreground
 from nnunet_qg.ramps import linear_rampup
-from nnunet_qg.ssl_losses import per_sample_dice_ce, quality_weights, softmax_mse_per_sample, weighted_mean
+from nnunet_qg.ssl_losses import (batch_size_weighted_mean, effective_sample_size, nonfinite_fraction,
+                                  per_sample_dice_ce, qar_loss, quality_weights, softmax_mse_per_sample,
+                                  weighted_mean)
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
 from nnunet_qg.trainers.nnUNetTrainerSSL import StepValue
 
@@ -23,7 +29,11 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
 
     ssl_log_keys = nnUNetTrainerQGWarmup.ssl_log_keys + (
         "ssl_loss_plqw", "ssl_loss_qar", "ssl_weight_plqw", "ssl_weight_qar", "ssl_quality_weight_mean",
-        "ssl_pseudo_label_kept", "ssl_pseudo_label_quality")
+        "ssl_pseudo_label_kept", "ssl_pseudo_label_quality", "ssl_quality_nonfinite", "ssl_quality_weight_ess",
+        "ssl_pseudo_label_true_dice")
+    # once per epoch, where the unlabelled patches carry withheld labels (benchmarks): g's score of the
+    # teacher's pseudo-labels against their true Dice, over the epoch's batches
+    ssl_val_log_keys = nnUNetTrainerQGWarmup.ssl_val_log_keys + ("ssl_quality_true_pearson", "ssl_quality_true_bias")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -37,6 +47,9 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         self.qar_ramp_fraction = 0.2  # 40 of 200 epochs
         self.quality_temperature = 2.0
         self.quality_threshold = 0.5
+        # PL-QW's normalisation: "batch" = sum_j w_j l_j / sum_j w_j (the paper's: weights relative within the
+        # batch), "batch_size" = sum_j w_j l_j / B (absolute: see ssl_losses.batch_size_weighted_mean)
+        self.quality_weight_normalisation = "batch"
         # not the paper's (nnUNetTrainerQGSSL_gFrozen is): after the warm-up g still takes one step
         # every 2nd iteration on the labelled batch, so it follows the network's improving predictions.
         # A frozen g went off calibration on the GPU (it scored the teacher's pseudo-labels 0.17-0.34
@@ -45,6 +58,7 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         self.quality_refresh_every = 2
         self.unlabeled_loss_weight = 1.0  # the component weights carry the schedule
         self._weights = {"plqw": 0.0, "qar": 0.0}
+        self._quality_truth_pairs: List[Tuple[torch.Tensor, torch.Tensor]] = []  # (g's score, true Dice)
 
     # ------------------------------------------------------------------ schedule
     def component_weights_at(self, epoch: int) -> Dict[str, float]:
@@ -62,6 +76,18 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         self._weights = self.component_weights_at(self.current_epoch)
+        self._quality_truth_pairs = []
+
+    def on_train_epoch_end(self, train_outputs):
+        super().on_train_epoch_end(train_outputs)
+        figures = {"pearson": float("nan"), "bias": float("nan")}
+        if self._quality_truth_pairs:
+            score, truth = (torch.cat(t).float().cpu().numpy() for t in zip(*self._quality_truth_pairs))
+            figures = agreement(score, truth)
+            self.print_to_log_file(f"g on this epoch's pseudo-labels against their withheld labels: Pearson "
+                                   f"{figures['pearson']:.4f}, bias {figures['bias']:+.4f}, n {figures['n']}")
+        self.logger.log("ssl_quality_true_pearson", figures["pearson"], self.current_epoch)
+        self.logger.log("ssl_quality_true_bias", figures["bias"], self.current_epoch)
 
     # ------------------------------------------------------------------ losses
     def pseudo_labels(self, teacher_probs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -73,18 +99,46 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
     def quality_weight(self, quality: torch.Tensor) -> torch.Tensor:
         return quality_weights(quality, self.quality_temperature, self.quality_threshold)
 
-    def pseudo_label_stats(self, quality: torch.Tensor, weights: torch.Tensor) -> Dict[str, torch.Tensor]:
-        return {"ssl_quality_weight_mean": weights.detach().mean(),
+    def pseudo_label_weights(self, quality: torch.Tensor, true_dice: Optional[torch.Tensor]) -> torch.Tensor:
+        """The weight of each pseudo-label (B,) from g's score `quality` (B,); `true_dice` (benchmarks with
+        withheld labels only, else None) is for control arms, never for the shipped trainers."""
+        return self.quality_weight(quality)
+
+    def weighted_pseudo_label_loss(self, losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Per-sample losses and weights -> PL-QW, normalised as `quality_weight_normalisation` says."""
+        if self.quality_weight_normalisation == "batch":
+            return weighted_mean(losses, weights)
+        if self.quality_weight_normalisation == "batch_size":
+            return batch_size_weighted_mean(losses, weights)
+        raise ValueError(f"quality_weight_normalisation must be 'batch' or 'batch_size', not "
+                         f"{self.quality_weight_normalisation!r}")
+
+    def pseudo_label_true_dice(self, pseudo_mask: torch.Tensor) -> Optional[torch.Tensor]:
+        """Benchmarks only: the Dice (mean over foreground labels, both empty = 1, as g is trained) of each
+        pseudo-label (B, L, ...) against the withheld label of its patch; None without withheld labels."""
+        if self._unlabeled_target is None:
+            return None
+        truth = one_hot_foreground(self._unlabeled_target, self.label_manager.foreground_labels)
+        return soft_dice_per_label(pseudo_mask, truth).mean(1)
+
+    def pseudo_label_stats(self, quality: torch.Tensor, weights: torch.Tensor,
+                           true_dice: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        stats = {"ssl_quality_weight_ess": effective_sample_size(weights)}
+        if true_dice is not None:
+            stats["ssl_pseudo_label_true_dice"] = true_dice.mean()
+            self._quality_truth_pairs.append((quality.detach(), true_dice))
+        return {**stats, "ssl_quality_weight_mean": weights.detach().mean(),
                 "ssl_pseudo_label_kept": (quality >= self.quality_threshold).float().mean(),
-                "ssl_pseudo_label_quality": quality.mean()}
+                "ssl_pseudo_label_quality": quality.mean(), "ssl_quality_nonfinite": nonfinite_fraction(quality)}
 
     def plqw_loss(self, output_unlabeled, teacher_probs: torch.Tensor, pseudo: torch.Tensor,
-                  quality: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+                  quality: torch.Tensor, true_dice: Optional[torch.Tensor] = None
+                  ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Quality-weighted pseudo-labels: per-sample Dice+CE against the teacher's pseudo-labels
         `pseudo`, weighted by g's sample quality `quality` (B,)."""
-        weights = self.quality_weight(quality)
+        weights = self.pseudo_label_weights(quality, true_dice)
         losses = per_sample_dice_ce(output_unlabeled, pseudo, getattr(self.loss, "weight_factors", None))
-        return weighted_mean(losses, weights), self.pseudo_label_stats(quality, weights)
+        return self.weighted_pseudo_label_loss(losses, weights), self.pseudo_label_stats(quality, weights, true_dice)
 
     def compute_unlabeled_loss(self, output_unlabeled, view_student, view_teacher):
         """PL-QW and QAR, with ONE pass of g over both of their (image, mask) pairs: g normalises each
@@ -107,11 +161,14 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         with torch.set_grad_enabled(use_qar and torch.is_grad_enabled()):
             quality = self.quality_predictor(torch.cat(images), torch.cat(masks)).split(view_student.shape[0])
         if use_plqw:
-            loss, info = self.plqw_loss(output_unlabeled, teacher_probs, pseudo, quality[0].detach().float().mean(1))
+            with torch.no_grad():
+                true_dice = self.pseudo_label_true_dice(pseudo_mask)
+            loss, info = self.plqw_loss(output_unlabeled, teacher_probs, pseudo, quality[0].detach().float().mean(1),
+                                        true_dice)
             total = total + self._weights["plqw"] * loss
             extras.update(info, ssl_loss_plqw=loss.detach())
         if use_qar:
-            loss = 1 - quality[-1].mean()
+            loss = qar_loss(quality[-1], masks[-1])  # finite scores only
             total = total + self._weights["qar"] * loss
             extras["ssl_loss_qar"] = loss.detach()
         return total, extras
@@ -124,7 +181,11 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         panels = super().ssl_progress_panels()
         panels["unlabelled losses"] = ["ssl_loss_plqw", "ssl_loss_qar"]
         panels["unlabelled loss weights (ramps)"] = ["ssl_weight_plqw", "ssl_weight_qar"]
-        panels["pseudo-labels"] = ["ssl_quality_weight_mean", "ssl_pseudo_label_kept", "ssl_pseudo_label_quality"]
+        panels["pseudo-labels"] = ["ssl_quality_weight_mean", "ssl_pseudo_label_kept", "ssl_pseudo_label_quality",
+                                   "ssl_pseudo_label_true_dice"]
+        panels["quality weights: effective sample size per batch"] = ["ssl_quality_weight_ess"]
+        panels["g on pseudo-labels vs withheld labels (benchmarks)"] = ["ssl_quality_true_pearson",
+                                                                        "ssl_quality_true_bias"]
         del panels["unlabelled loss weight (ramp)"]
         return panels
 
@@ -175,8 +236,8 @@ class nnUNetTrainerMTQW(nnUNetTrainerQGSSL):
         self.qar_weight = 0.0
         self.plqw_weight = 1.0  # the consistency term takes PL-QW's place and schedule
 
-    def plqw_loss(self, output_unlabeled, teacher_probs, pseudo, quality):
+    def plqw_loss(self, output_unlabeled, teacher_probs, pseudo, quality, true_dice=None):
         """Per-sample softmax MSE to the teacher (its target and g's weights from one teacher pass)."""
-        weights = self.quality_weight(quality)
+        weights = self.pseudo_label_weights(quality, true_dice)
         losses = softmax_mse_per_sample(highest_resolution(output_unlabeled), teacher_probs)
-        return weighted_mean(losses, weights), self.pseudo_label_stats(quality, weights)
+        return self.weighted_pseudo_label_loss(losses, weights), self.pseudo_label_stats(quality, weights, true_dice)

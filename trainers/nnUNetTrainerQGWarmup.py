@@ -30,7 +30,7 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
     ssl_log_keys = nnUNetTrainerSSL.ssl_log_keys + ("qg_train_loss",)
     quality_kinds = ("real", "teacher", "corrupted")  # masks g is judged on at every validation
     quality_metrics = ("mae", "bias", "pearson", "spearman")
-    ssl_val_log_keys = tuple(f"qg_val_{kind}_{metric}" for kind, metric in
+    ssl_val_log_keys = nnUNetTrainerSSL.ssl_val_log_keys + tuple(f"qg_val_{kind}_{metric}" for kind, metric in
                              itertools.product(quality_kinds, quality_metrics))
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -95,7 +95,8 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
             self.quality_weight_decay, real_fraction, self.quality_soft_fraction,
             self.quality_category_probabilities, seed=self.quality_seed + seed_offset + 1000 * self.local_rank,
             train_model=train_model, masks_per_sample=self.quality_masks_per_sample,
-            ranking_weight=self.quality_ranking_weight if ranking_weight is None else ranking_weight)
+            ranking_weight=self.quality_ranking_weight if ranking_weight is None else ranking_weight,
+            log=self.print_to_log_file)
 
     # ------------------------------------------------------------------ schedule
     def unlabeled_weight_at(self, epoch: int) -> float:
@@ -161,9 +162,8 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         logits = highest_resolution(captured[-1])
         data = batch["data"].to(self.device)
         target = highest_resolution(batch["target"])
-        with torch.no_grad(), self._autocast():
-            teacher_logits = self.teacher(data)  # the pseudo-labels PL-QW weights come from the teacher
-        self._quality_val.append(self.measure_quality(data, target.to(self.device), logits, teacher_logits))
+        # the pseudo-labels PL-QW weights come from the teacher (nnUNetTrainerSSL ran it on this batch)
+        self._quality_val.append(self.measure_quality(data, target.to(self.device), logits, self._val_teacher_logits))
         return result
 
     def measure_quality(self, data: torch.Tensor, target: torch.Tensor, logits: torch.Tensor,
@@ -225,6 +225,7 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
             save_quality_predictor(self.quality_predictor, join(self.output_folder, QUALITY_PREDICTOR_FILE))
             self.print_to_log_file(f"Quality predictor as refreshed until the end exported to {QUALITY_PREDICTOR_FILE}.")
         super().on_train_end()
+        self.quality.close()  # g's corruption threads
 
     # ------------------------------------------------------------------ checkpoints
     def ssl_state_dict(self) -> dict:

@@ -31,10 +31,12 @@ from nnunet_qg.quality.metrics import finite_mean
 from nnunet_qg.ramps import sigmoid_rampup
 from nnunet_qg.trainers.checkpoint_extras import CheckpointExtras
 from nnunet_qg.unlabeled.data_loader import (make_augmenter, nnUNetUnlabeledDataLoader,
-                                             nnUNetUnlabeledDatasetBlosc2, shard_for_rank, worker_seeds)
+                                             nnUNetUnlabeledDatasetBlosc2, shard_for_rank, unlabeled_workers,
+                                             worker_seeds)
 from nnunet_qg.unlabeled.paths import preprocessed_unlabeled_folder
 from nnunet_qg.unlabeled.preprocess import check_preprocessed_unlabeled
 from nnunet_qg.unlabeled.two_views import TwoViewTransform, split_views
+from nnunet_qg.validation_dice import hard_dice_counts, mean_foreground_dice
 
 SSL_STATE_KEY = "ssl_state"
 
@@ -58,14 +60,17 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
 
     # values logged once per epoch besides nnU-Net's own (key -> output of train_step)
     ssl_log_keys: Tuple[str, ...] = ("ssl_loss_supervised", "ssl_loss_unlabeled", "ssl_unlabeled_weight")
-    # values logged once per epoch from validation (by subclasses)
-    ssl_val_log_keys: Tuple[str, ...] = ()
+    # values logged once per epoch from validation: the EMA teacher's pseudo-Dice next to nnU-Net's
+    # mean_fg_dice of the student (subclasses add theirs)
+    ssl_val_log_keys: Tuple[str, ...] = ("ssl_teacher_val_dice",)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.unlabeled_batch_size: Optional[int] = None  # None: same as the labelled batch size
-        self.unlabeled_num_processes: Optional[int] = None  # None: nnUNet_n_proc_DA, like nnU-Net
+        # None: unlabeled_workers(nnUNet_n_proc_DA), half of nnU-Net's workers (at least 1; 0 when nnU-Net's are 0:
+        # then in the main process), as the two loaders share the cores; seeded runs set max(1, nnUNet_n_proc_DA)
+        self.unlabeled_num_processes: Optional[int] = None
         self.unlabeled_seed: Optional[int] = None  # None: drawn at start; logged and checkpointed
         self.ema_decay = 0.99
         self.unlabeled_loss_weight = 1.0
@@ -75,6 +80,12 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
         # small patches). True: backpropagate the labelled pass before the unlabelled one runs (about
         # half the activation memory, one more pass of launches: for patches planned near the GPU's limit)
         self.unlabeled_separate_backward = False
+        # benchmark trainers only: the unlabelled patches carry their withheld labels (spatially augmented
+        # with them) as `self._unlabeled_target`, for oracle weights and for judging g; never for a loss
+        self.unlabeled_keeps_segmentation = False
+        self._unlabeled_target: Optional[torch.Tensor] = None
+        self._teacher_val_counts: List[dict] = []
+        self._val_teacher_logits: Optional[torch.Tensor] = None
 
         self.teacher: Optional[EMATeacher] = None
         self.dataloader_unlabeled = None
@@ -126,8 +137,10 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
         batch_size = self.unlabeled_batch_size or self.batch_size
         loader = nnUNetUnlabeledDataLoader(dataset, batch_size, initial_patch_size,
                                            self.configuration_manager.patch_size, self.label_manager,
-                                           transforms=TwoViewTransform(transforms, self.augment_teacher_intensity))
-        n_proc = get_allowed_n_proc_DA() if self.unlabeled_num_processes is None else self.unlabeled_num_processes
+                                           transforms=TwoViewTransform(transforms, self.augment_teacher_intensity,
+                                                                       self.unlabeled_keeps_segmentation))
+        n_proc = unlabeled_workers(get_allowed_n_proc_DA()) if self.unlabeled_num_processes is None \
+            else self.unlabeled_num_processes
         if self.unlabeled_seed is None:
             self.unlabeled_seed = int(np.random.randint(0, 2 ** 31 - 1))
         seeds = worker_seeds(self.unlabeled_seed, self.local_rank, n_proc)
@@ -200,10 +213,12 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
         # while the unlabelled loss weight is 0 (ramp or warm-up) no unlabelled batch is drawn
-        views = None
+        views, self._unlabeled_target = None, None
         if self._current_unlabeled_weight > 0:
-            data_u = next(self.dataloader_unlabeled)["data"].to(self.device, non_blocking=True)
-            views = split_views(data_u, data.shape[1])
+            batch_u = next(self.dataloader_unlabeled)
+            views = split_views(batch_u["data"].to(self.device, non_blocking=True), data.shape[1])
+            if self.unlabeled_keeps_segmentation:
+                self._unlabeled_target = batch_u["target"].to(self.device, non_blocking=True)
 
         self.optimizer.zero_grad(set_to_none=True)
         loss, loss_sup, loss_u, output_l, extras = self.forward_backward(data, target, views)
@@ -304,9 +319,38 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
             parts.append(f"{key[4:] if key.startswith('ssl_') else key} {value:.4f}")
         self.print_to_log_file("SSL: " + ", ".join(parts))
 
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        self._teacher_val_counts = []
+
+    def validation_step(self, batch: dict) -> dict:
+        """nnU-Net's validation step of the student, and the same pseudo-Dice counts for the EMA teacher
+        (its logits stay in `_val_teacher_logits` for subclasses). The teacher goes first: nnU-Net's step
+        may overwrite ignore-label voxels of the target in place."""
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = highest_resolution(batch["target"]).to(self.device, non_blocking=True)
+        with torch.no_grad(), self._autocast():
+            self._val_teacher_logits = self.teacher(data)
+        self._teacher_val_counts.append(hard_dice_counts(self._val_teacher_logits, target, self.label_manager))
+        return super().validation_step(batch)
+
+    def on_validation_epoch_end(self, val_outputs: List[dict]):
+        super().on_validation_epoch_end(val_outputs)
+        counts = self._teacher_val_counts
+        if self.is_ddp:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, counts)
+            counts = [c for rank in gathered for c in rank]
+        teacher_dice = mean_foreground_dice(counts) if counts else float("nan")
+        self.logger.log("ssl_teacher_val_dice", teacher_dice, self.current_epoch)
+        student = self.logger.local_logger.my_fantastic_logging["mean_fg_dice"][-1]
+        self.print_to_log_file(f"Pseudo-Dice on validation: EMA teacher {teacher_dice:.4f}, student {student:.4f}")
+
     def ssl_progress_panels(self) -> Dict[str, List[str]]:
         """Panels of progress_ssl.png: title -> logged keys."""
-        return {"supervised loss (Dice + CE)": ["ssl_loss_supervised"],
+        return {"validation pseudo-Dice: EMA teacher and student": ["ssl_teacher_val_dice", "mean_fg_dice"],
+                "supervised loss (Dice + CE)": ["ssl_loss_supervised"],
                 "unlabelled loss": ["ssl_loss_unlabeled"],
                 "unlabelled loss weight (ramp)": ["ssl_unlabeled_weight"]}
 
@@ -332,6 +376,10 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
 
     def load_checkpoint_extras(self, checkpoint: dict) -> None:
         super().load_checkpoint_extras(checkpoint)
+        # a checkpoint from an older version lacks keys logged today: nan for its epochs, so --c still works
+        logging = self.logger.local_logger.my_fantastic_logging
+        for key in self.ssl_log_keys + self.ssl_val_log_keys:
+            logging.setdefault(key, [float("nan")] * self.current_epoch)
         if SSL_STATE_KEY in checkpoint:
             self.load_ssl_state_dict(checkpoint[SSL_STATE_KEY])
         else:

@@ -1,4 +1,6 @@
 """A mixin for short-schedule trainer variants (like nnU-Net's nnUNetTrainer_5epochs)."""
+from typing import Optional
+
 import torch
 
 
@@ -10,6 +12,8 @@ class ShortSchedule:
     short_val_iterations_per_epoch = 2
     short_save_every = 1
     short_max_batch_size = 2
+    # a fixed batch size (neither nnU-Net's 5 % cap nor its floor of 2): equal budgets for datasets of any size
+    short_batch_size: Optional[int] = None
     short_overrides: dict = {}  # further attributes to set after the trainer's own __init__
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -24,4 +28,5 @@ class ShortSchedule:
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()
-        self.batch_size = min(self.batch_size, self.short_max_batch_size)
+        self.batch_size = min(self.batch_size, self.short_max_batch_size) if self.short_batch_size is None \
+            else self.short_batch_size

@@ -11,7 +11,9 @@ cases with the LAST checkpoint and evaluates them with nnU-Net's evaluation. Wri
 them as arms finish, and prints the table last.
 """
 import argparse
+import json
 import os
+import re
 import sys
 import time
 from datetime import date
@@ -22,8 +24,10 @@ from nnunet_qg import pipeline
 from nnunet_qg.atomic import atomic_write_json, atomic_write_text
 from nnunet_qg.benchmark.device import describe_device
 from nnunet_qg.benchmark.profiles import ARMS, GENERATED_SPLITS, PROFILES, UPPER_BOUND, Profile
+from nnunet_qg.benchmark.paired import paired_summary, paired_table, plot_paired, source_commit
 from nnunet_qg.benchmark.report import markdown_table, plot_bars, plot_curves, summarise
 from nnunet_qg.benchmark.runner import Job, dataset_ids, prepare_datasets, run_jobs
+from nnunet_qg.dataset_conversion.input_checks import count, dataset_id, positive_count, seed
 from nnunet_qg.dataset_conversion.ssl_dataset import write_split_file
 
 
@@ -33,19 +37,65 @@ def source_case_ids(source_format: str, folder: str) -> List[str]:
     return sorted({"ph2": ph2_pairs}[source_format](folder))
 
 
+def with_first_k_sets(split_file: str, fractions: List[str], out: str) -> str:
+    """The split file, or where it lacks a labelled set named '<k>labelled', a copy in `out` with that set
+    as the first k cases of its pool (the split's fixed random order), like the 2D splits' sets."""
+    with open(split_file) as f:
+        split = json.load(f)
+    derived = {}
+    for fraction in fractions:
+        if fraction in split["labelled_sets"]:
+            continue
+        match = re.fullmatch(r"(\d+)labelled", fraction)
+        if not match or not 0 < int(match.group(1)) <= len(split["pool"]):
+            raise SystemExit(f"ERROR: labelled set '{fraction}' is not in {split_file}. Use one of "
+                             f"{sorted(split['labelled_sets'])}, or 'Klabelled' for the first K (1 to "
+                             f"{len(split['pool'])}) cases of the pool.")
+        derived[fraction] = split["pool"][:int(match.group(1))]
+    if not derived:
+        return split_file
+    split["labelled_sets"] = {**split["labelled_sets"], **derived}
+    path = join(out, os.path.basename(split_file).replace(".json", "_first_k.json"))
+    os.makedirs(out, exist_ok=True)
+    atomic_write_json(split, path)
+    print(f"Labelled sets {', '.join(derived)}: the first cases of the pool of {split_file} (written to {path})",
+          flush=True)
+    return path
+
+
+def write_paired_results(rows: List[dict], out: str, meta: dict) -> str:
+    """Seeded runs: each arm's paired differences to the supervised arm and to unweighted pseudo-labels,
+    with 95 % t-intervals (evidence_summary.json, evidence_paired.md/.png)."""
+    summary = paired_summary(rows, meta["profile"], meta["device"], meta["commit"])
+    summary.update(date=meta["date"], dataset=meta["dataset"], fractions=meta["fractions"],
+                   configuration=meta["configuration"], fold=meta["fold"], seed=meta["seed"])
+    atomic_write_json(summary, join(out, "evidence_summary.json"))
+    table = paired_table(summary)
+    atomic_write_text(f"Profile `{meta['profile']}`, {meta['device']}, {meta['date']}, commit {meta['commit']}; "
+                      f"test Dice on {meta['test_cases']} held-out cases, last checkpoint; differences paired "
+                      f"by seed.\n\n{table}\n", join(out, "evidence_paired.md"))
+    if summary["arms"]:
+        plot_paired(summary, join(out, "evidence_paired.png"),
+                    f"{meta['dataset']}: profile {meta['profile']}, {meta['device']}, commit {meta['commit']}")
+    return table
+
+
 def write_results(rows: List[dict], out: str, meta: dict) -> str:
     lines = summarise(rows)
     table = markdown_table(lines)
     atomic_write_json({**meta, "summary": lines, "runs": rows}, join(out, "ssl_benchmark.json"))
     seeding = "unseeded" if meta.get("seed") is None else f"run r seeded with nnUNet_qg_seed = {meta['seed']} + r"
     header = (f"Profile `{meta['profile']}` ({meta['budget']} budget), {meta['device']}, {meta['date']}; "
-              f"{meta['configuration']}, test Dice on {meta['test_cases']} held-out cases, last checkpoint, fold 0; "
+              f"{meta['configuration']}, test Dice on {meta['test_cases']} held-out cases, last checkpoint, fold "
+              f"{meta['fold']}; "
               f"spread = sample std over runs; {seeding}.\n\n")
     atomic_write_text(header + table + "\n", join(out, "ssl_benchmark.md"))
     if lines:
         title = f"{meta['dataset']}: profile {meta['profile']} ({meta['budget']}), {meta['device']}"
         plot_bars(lines, join(out, "ssl_benchmark.png"), title)
         plot_curves(rows, join(out, "ssl_benchmark_curves.png"), title)
+    if meta.get("seed") is not None:
+        table += "\n\n" + write_paired_results(rows, out, meta)
     return table
 
 
@@ -56,16 +106,16 @@ def entry_point() -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu-small")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=None, help="default: the profile's arms")
     parser.add_argument("--fractions", nargs="+", default=None, help="labelled sets of the split file, e.g. 10pct")
-    parser.add_argument("--repeats", type=int, default=None, help="runs per arm")
-    parser.add_argument("--seed", type=int, default=None,
+    parser.add_argument("--repeats", type=positive_count, default=None, help="runs per arm, >= 1")
+    parser.add_argument("--seed", type=seed, default=None,
                         help="seed run r of every arm with nnUNet_qg_seed = SEED + r: the arms of a run start "
                              "from the same weights and draw the same labelled patches (nnU-Net's labelled "
                              "loader then runs in the main process). Default: unseeded, as nnU-Net")
-    parser.add_argument("--concurrency", type=int, default=None, help="arms trained at once")
-    parser.add_argument("--n-proc-da", type=int, default=None, help="nnUNet_n_proc_DA per training")
+    parser.add_argument("--concurrency", type=positive_count, default=None, help="arms trained at once, >= 1")
+    parser.add_argument("--n-proc-da", type=count, default=None, help="nnUNet_n_proc_DA per training, >= 0")
     parser.add_argument("--split-file", default=None, help="default: <-i>/ssl_splits.json (2D profiles: written)")
     parser.add_argument("--reader", default=None, help="image reader for dataset.json (e.g. NibabelIO)")
-    parser.add_argument("-d", "--base-id", type=int, default=700, help="first nnU-Net dataset id to use")
+    parser.add_argument("-d", "--base-id", type=dataset_id, default=700, help="first nnU-Net dataset id to use")
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="go on with an earlier run of the same -o (e.g. one cut off by a time limit): "
                              "prepared datasets and finished arms are kept, interrupted arms continue from "
@@ -89,26 +139,28 @@ def entry_point() -> None:
     if not isfile(split_file):
         raise SystemExit(f"ERROR: {split_file} not found. The benchmark needs a fixed split: a JSON file with "
                          f"'test', 'pool' and 'labelled_sets' (see ../shared/data/hippocampus/ssl_splits.json).")
+    split_file = with_first_k_sets(split_file, list(profile.fractions), out)
     work = join(out, "work")
     env = pipeline.nnunet_env(work, nnUNet_n_proc_DA=str(profile.n_proc_DA), nnUNet_compile="f",
                               nnUNet_def_n_proc=str(profile.preprocess_processes), PYTHONUNBUFFERED="1")
     env["nnUNet_results"] = join(work, "nnUNet_results_r0")
     started = time.time()
-    semi_arms = [a for a in profile.arms if a != UPPER_BOUND]
     ids = dataset_ids(args.base_id, list(profile.fractions), UPPER_BOUND in profile.arms)
     print(f"[1/3] Preparing {len(ids)} dataset(s) from {args.i} (profile {profile.name})", flush=True)
     prep_s = prepare_datasets(abspath(args.i), split_file, ids, profile, env, join(work, "logs"), args.reader,
                               args.resume)
-    jobs = [Job(arm, fraction, r, ids[fraction]) for r in range(profile.repeats) for fraction in profile.fractions
-            for arm in semi_arms]
-    jobs += [Job(UPPER_BOUND, UPPER_BOUND, r, ids[UPPER_BOUND]) for r in range(profile.repeats)
-             if UPPER_BOUND in profile.arms]
+    # run by run (every arm of run 0 first), so that the runs finished so far are paired
+    jobs = [Job(arm, UPPER_BOUND if arm == UPPER_BOUND else fraction, r, ids[UPPER_BOUND if arm == UPPER_BOUND
+                                                                          else fraction])
+            for r in range(profile.repeats) for fraction in profile.fractions for arm in profile.arms
+            if r < profile.runs_of(arm) and (arm != UPPER_BOUND or fraction == profile.fractions[0])]
     test_cases = len(os.listdir(join(pipeline.raw_dataset_folder(env, next(iter(ids.values()))), "labelsTs")))
     meta = {"date": date.today().isoformat(), "profile": profile.name, "budget": profile.budget,
             "device": describe_device(profile.device), "dataset": os.path.basename(abspath(args.i)),
             "fractions": list(profile.fractions), "arms": list(profile.arms), "repeats": profile.repeats,
             "configuration": profile.configuration, "concurrency": profile.concurrency, "nnUNet_n_proc_DA": profile.n_proc_DA, "tta": profile.tta,
-            "seed": profile.seed, "test_cases": test_cases, "preparation_s": prep_s}
+            "seed": profile.seed, "test_cases": test_cases, "preparation_s": prep_s, "fold": profile.fold,
+            "arm_repeats": {a: profile.runs_of(a) for a in profile.arms}, "commit": source_commit()}
     print(f"[2/3] Training, predicting and evaluating {len(jobs)} run(s), {profile.concurrency} at a time "
           f"({profile.budget} budget, {profile.device})", flush=True)
     rows = run_jobs(jobs, profile, env, work, lambda rows: write_results(rows, out, meta), args.resume)

@@ -13,11 +13,21 @@ ARMS: Dict[str, str] = {
     "qg_ssl": "nnUNetTrainerQGSSL",  # g refreshed after the warm-up (our default)
     "qg_ssl_frozen": "nnUNetTrainerQGSSL_gFrozen",  # g frozen after the warm-up (the paper)
     "full_supervision": "nnUNetTrainer",
+    # control arms of the evidence profile (trainers/nnUNetTrainerPLControls.py; its budget only)
+    "unweighted_pl": "nnUNetTrainerUnweightedPL",  # every pseudo-label, weight 1
+    "oracle_pl": "nnUNetTrainerOraclePL",  # the weights of a perfect g (withheld labels)
+    "shuffled_pl": "nnUNetTrainerShuffledPL",  # g's weights permuted within the batch
+    "pl_qw_batch_size": "nnUNetTrainerQGSSL_PLQWbatchSize",  # PL-QW normalised by B, not by sum w
 }
 LOWER_BOUND, UPPER_BOUND = "supervised", "full_supervision"
 # 2D sources have no split file of their own: the benchmark writes one (seeded) with these sizes
 GENERATED_SPLITS = {"ph2": {"num_test": 50, "labelled_sets": {"20labelled": 20}, "seed": 0}}
 SUPERVISED_ARMS = (LOWER_BOUND, UPPER_BOUND)
+# the evidence profile's arms in the order they run: the two bounds (the gap to close), then the arms that
+# decide the claim (6 runs), then the others (3 runs; docs/benchmarks.md)
+EVIDENCE_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_qw", "oracle_pl", "qg_ssl", "shuffled_pl",
+                 "mean_teacher", "pl_qw_batch_size")
+EVIDENCE_FEWER_RUNS = {UPPER_BOUND: 3, "qg_ssl": 3, "shuffled_pl": 3, "mean_teacher": 3, "pl_qw_batch_size": 3}
 
 
 @dataclass(frozen=True)
@@ -37,12 +47,18 @@ class Profile:
     repeats: int = 1
     arms: Tuple[str, ...] = tuple(ARMS)
     seed: Optional[int] = None  # run r of every arm trains with nnUNet_qg_seed = seed + r (None: unseeded)
+    arm_repeats: Dict[str, int] = field(default_factory=dict)  # fewer runs for some arms (runs 0..k-1)
+    fold: str = "0"  # "all" where the labelled cases are too few for nnU-Net's 5-fold split
+    withheld_labels: bool = False  # also preprocess the unlabelled cases with their labels (control arms)
     max_unlabelled: int = None  # subsets, for the pipeline test only
     max_test: int = None
     extra_env: Dict[str, str] = field(default_factory=dict)
 
     def trainer(self, arm: str) -> str:
         return f"{ARMS[arm]}_{self.budget}"
+
+    def runs_of(self, arm: str) -> int:
+        return min(self.repeats, self.arm_repeats.get(arm, self.repeats))
 
 
 PROFILES: Dict[str, Profile] = {
@@ -60,6 +76,16 @@ PROFILES: Dict[str, Profile] = {
                        fractions=("20labelled",), configuration="2d", source_format="ph2"),
     "ph2-cpu-small": Profile("ph2-cpu-small", "cpuSmall", "cpu", concurrency=1, n_proc_DA=0, preprocess_processes=2,
                              tta=False, fractions=("20labelled",), configuration="2d", source_format="ph2"),
+    # the evidence protocol (docs/benchmarks.md): Hippocampus 2d, 1 labelled case, 60 x 50 iterations at batch 4,
+    # paired seeds; 6 runs of the arms that decide the claim, 3 of the others
+    "evidence": Profile("evidence", "evidence", "cpu", concurrency=1, n_proc_DA=1, preprocess_processes=2, tta=False,
+                        fractions=("1labelled",), configuration="2d", fold="all", repeats=6, seed=0,
+                        arms=EVIDENCE_ARMS, arm_repeats=EVIDENCE_FEWER_RUNS, withheld_labels=True),
+    # the evidence protocol's pipeline in the test suite: every control path, paired runs, a few cases
+    "evidence-tiny": Profile("evidence-tiny", "evidenceTiny", "cpu", concurrency=1, n_proc_DA=0, preprocess_processes=2,
+                             tta=False, fractions=("1labelled",), configuration="2d", fold="all", repeats=2, seed=0,
+                             arms=("supervised", "unweighted_pl", "oracle_pl"), withheld_labels=True,
+                             max_unlabelled=4, max_test=2),
     # the pipeline test: two arms, a handful of iterations, a few cases
     "tiny": Profile("tiny", "benchTiny", "cpu", concurrency=1, n_proc_DA=0, preprocess_processes=2, tta=False,
                     arms=("supervised", "qg_ssl"), max_unlabelled=4, max_test=2),

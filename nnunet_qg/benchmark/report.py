@@ -93,11 +93,13 @@ def plot_curves(rows: List[dict], filename: str, title: str) -> None:
     """Per-epoch curves of every run (supervised training loss, validation loss, pseudo-Dice), one panel
     each: with --seed, the arms of a run coincide until their unlabelled losses start."""
     rows = [r for r in rows if "curves" in r]
-    names = list(rows[0]["curves"])
+    names = list(dict.fromkeys(name for r in rows for name in r["curves"]))  # every run's, in order
     with plt.style.context("default"):
         fig, axes = plt.subplots(len(names), 1, figsize=(9, 2.8 * len(names)), squeeze=False)
         for ax, name in zip(axes[:, 0], names):
             for r in sorted(rows, key=lambda r: (r["fraction"], r["repeat"], list(ARMS).index(r["arm"]))):
+                if name not in r["curves"]:
+                    continue
                 values = r["curves"][name]
                 seed = "" if r.get("seed") is None else f", seed {r['seed']}"
                 ax.plot(range(len(values)), values, marker="o", markersize=2, linewidth=1.5,

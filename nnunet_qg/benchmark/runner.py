@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -16,7 +17,6 @@ from nnunet_qg.atomic import atomic_write_json
 from nnunet_qg.benchmark.profiles import UPPER_BOUND, Profile
 from nnunet_qg.trainers.seeded_training import SEED_ENV
 
-FOLD = "0"
 CONVERTERS = {"msd": "nnUNetv2_convert_MSD_ssl", "ph2": "nnUNetv2_convert_PH2_ssl"}
 
 
@@ -67,15 +67,32 @@ def prepare_datasets(source: str, split_file: str, ids: Dict[str, int], profile:
                          join(log_dir, f"convert_{dataset_id}.log"))
         pipeline.plan_and_preprocess(dataset_id, env, log_dir, profile.configuration, profile.preprocess_processes,
                                      unlabelled=key != UPPER_BOUND)
+        if profile.withheld_labels and key != UPPER_BOUND:
+            prepare_withheld_labels(dataset_id, source, profile, env, log_dir)
         seconds[key] = time.time() - started
         atomic_write_json({"seconds": seconds[key], "recipe": recipe}, marker)
     return seconds
 
 
+def prepare_withheld_labels(dataset_id: int, source: str, profile: Profile, env: Dict[str, str], log_dir: str) -> None:
+    """The unlabelled cases with their labels from the MSD source's labelsTr (nnunet_qg.benchmark.withheld)."""
+    if profile.source_format != "msd":
+        raise ValueError(f"Withheld labels are read from an MSD source's labelsTr; profile {profile.name} reads "
+                         f"{profile.source_format}")
+    pipeline.run_logged([sys.executable, "-m", "nnunet_qg.benchmark.withheld", "-d", str(dataset_id), "-c",
+                         profile.configuration, "-l", join(source, "labelsTr"), "-np", str(profile.preprocess_processes)],
+                        env, join(log_dir, f"withheld_labels_{dataset_id}.log"))
+
+
 # per-epoch curves kept from nnU-Net's log: name -> logged keys, the first one present is taken
 # (the semi-supervised trainers' train_losses include the unlabelled loss; their supervised part is logged apart)
 CURVES = {"supervised training loss": ("ssl_loss_supervised", "train_losses"),
-          "validation loss": ("val_losses",), "validation pseudo-Dice": ("mean_fg_dice",)}
+          "validation loss": ("val_losses",), "validation pseudo-Dice": ("mean_fg_dice",),
+          # the semi-supervised arms only (a run without the key has no such curve)
+          "EMA teacher validation pseudo-Dice": ("ssl_teacher_val_dice",),
+          "quality weights: effective sample size": ("ssl_quality_weight_ess",),
+          "pseudo-labels: true Dice (withheld labels)": ("ssl_pseudo_label_true_dice",),
+          "g vs true Dice of pseudo-labels: Pearson": ("ssl_quality_true_pearson",)}
 
 
 def read_training_log(fold_folder: str) -> dict:
@@ -86,9 +103,9 @@ def read_training_log(fold_folder: str) -> dict:
     epoch_s = np.array(logging["epoch_end_timestamps"]) - np.array(logging["epoch_start_timestamps"])
     out = {"epochs": len(epoch_s), "epoch_s": float(np.mean(epoch_s))}
     out["curves"] = {name: [float(v) for v in logging[next(k for k in keys if k in logging)]]
-                     for name, keys in CURVES.items()}
+                     for name, keys in CURVES.items() if any(k in logging for k in keys)}
     for key in ("qg_val_real_mae", "qg_val_real_pearson", "qg_val_real_spearman",
-                "qg_val_corrupted_mae", "qg_val_corrupted_pearson"):
+                "qg_val_corrupted_mae", "qg_val_corrupted_pearson", "ssl_teacher_val_dice"):
         values = [v for v in logging.get(key, []) if v is not None and np.isfinite(v)]
         if values:
             out[key.replace("qg_val_", "g_last_")] = float(values[-1])
@@ -125,7 +142,7 @@ def train_arm(job: Job, trainer: str, profile: Profile, env: Dict[str, str], fol
     calls.append({"start": time.time(), "seconds": None})
     os.makedirs(fold, exist_ok=True)
     atomic_write_json({"calls": calls}, record)  # written first, so a call that is cut off is known
-    calls[-1]["seconds"] = pipeline.train(job.dataset_id, profile.configuration, FOLD, trainer, env, log_file,
+    calls[-1]["seconds"] = pipeline.train(job.dataset_id, profile.configuration, profile.fold, trainer, env, log_file,
                                           device=profile.device, continue_training=continuing)
     atomic_write_json({"calls": calls}, record)
     return {"train_wall_s": sum(c["seconds"] for c in calls), "resumed": len(calls) > 1}
@@ -142,14 +159,14 @@ def run_job(job: Job, profile: Profile, env: Dict[str, str], work: str, resume: 
     tag = f"{job.fraction}_r{job.repeat}_{job.arm}"
     logs = join(work, "logs")
     raw = pipeline.raw_dataset_folder(env, job.dataset_id)
-    fold = pipeline.model_folder(env, job.dataset_id, trainer, profile.configuration, FOLD)
+    fold = pipeline.model_folder(env, job.dataset_id, trainer, profile.configuration, profile.fold)
     predictions = join(work, "predictions", tag)
     shutil.rmtree(predictions, ignore_errors=True)
     row = {"arm": job.arm, "trainer": trainer, "fraction": job.fraction, "repeat": job.repeat,
            "dataset_id": job.dataset_id, "model_folder": fold, "seed": seed}
     training = train_arm(job, trainer, profile, env, fold, join(logs, f"train_{tag}.log"), resume)
     row["train_wall_s"], row["resumed"] = training["train_wall_s"], training["resumed"]
-    row["predict_wall_s"] = pipeline.predict(job.dataset_id, profile.configuration, FOLD, trainer, join(raw, "imagesTs"),
+    row["predict_wall_s"] = pipeline.predict(job.dataset_id, profile.configuration, profile.fold, trainer, join(raw, "imagesTs"),
                                              predictions, env, join(logs, f"predict_{tag}.log"), device=profile.device,
                                              tta=profile.tta, num_processes=max(1, profile.n_proc_DA))
     summary = pipeline.evaluate(join(raw, "labelsTs"), predictions, env, join(logs, f"evaluate_{tag}.log"),

@@ -68,6 +68,23 @@ def private_torch_rng(device: torch.device, seed: int) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def full_precision(device: torch.device) -> Iterator[None]:
+    """float32 inside, also within an enclosing autocast. g trains in it: its optimizer has no loss scaling,
+    and in float16 the gradients of its small SmoothL1 losses underflow to 0 (g costs ~1.5 % of the
+    network's FLOPs, so float32 costs little)."""
+    with torch.autocast(device.type, enabled=False):
+        yield
+
+
+def all_finite(loss: torch.Tensor, parameters: Sequence[torch.Tensor]) -> torch.Tensor:
+    """True (a 0-d tensor on the device) when the loss and every gradient of `parameters` are finite."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) \
+        if grads else torch.zeros((), device=loss.device)
+    return torch.isfinite(loss) & torch.isfinite(norm)
+
+
 def _completed(function: Callable, *args) -> Future:
     """`function(*args)`, run now, as a finished Future."""
     future = Future()
@@ -82,8 +99,9 @@ class QualityPredictorTrainer:
                  lr: float = 1e-3, weight_decay: float = 1e-4, real_fraction: float = 0.5,
                  soft_fraction: float = 0.5, category_probabilities: Optional[Dict[str, float]] = None,
                  seed: int = 0, train_model: Optional[nn.Module] = None, num_threads: Optional[int] = None,
-                 masks_per_sample: int = 1, ranking_weight: float = 0.0):
+                 masks_per_sample: int = 1, ranking_weight: float = 0.0, log: Callable[[str], None] = print):
         self.model = model
+        self.log = log  # e.g. the nnU-Net trainer's print_to_log_file
         self.train_model = train_model if train_model is not None else model  # e.g. DDP-wrapped g
         self.labels = [int(l) for l in labels]
         self.all_labels = [int(l) for l in all_labels]
@@ -105,6 +123,7 @@ class QualityPredictorTrainer:
         # corruptions run on the CPU beside the GPU step: a few threads keep them off the critical path
         self.num_threads = max(1, (os.cpu_count() or 2) // 2) if num_threads is None else num_threads
         self._pool: Optional[ThreadPoolExecutor] = None
+        self.skipped_steps = 0  # optimizer steps skipped for a non-finite loss or gradient
 
     # ----------------------------------------------------------------- samples
     def predicted_label_map(self, seg_logits: torch.Tensor) -> torch.Tensor:
@@ -191,7 +210,9 @@ class QualityPredictorTrainer:
         `masks_per_sample` masks per labelled patch; returns the loss, detached, on the device
         (reading it would make the host wait for the GPU). `seg_logits`: the network's logits, or
         several full-resolution versions (upsampled_predictions), taken in turn by the draws.
-        `corruptions`: start_corruptions(target, masks_per_sample), started before the network's step."""
+        `corruptions`: start_corruptions(target, masks_per_sample), started before the network's step.
+        g trains in float32 whatever `autocast_ctx` is (full_precision; the argument stays for the callers);
+        a step with a non-finite loss or gradient is skipped (step_if_finite)."""
         logits = [seg_logits] if isinstance(seg_logits, torch.Tensor) else list(seg_logits)
         corrupted = self.corrupted_draws(target, self.masks_per_sample, corruptions)
         draws = [self.training_samples(target, logits[d % len(logits)], c) for d, c in enumerate(corrupted)]
@@ -202,14 +223,27 @@ class QualityPredictorTrainer:
         belief = self.foreground_softmax(logits[0]).repeat(repeats) if self.model.uses_belief else None
         self.train_model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast_ctx, private_torch_rng(images.device, int(self.rng.integers(2 ** 62))):
-            predicted = self.train_model(images, mask, belief)
+        with full_precision(images.device), private_torch_rng(images.device, int(self.rng.integers(2 ** 62))):
+            predicted = self.train_model(images.float(), mask.float(), None if belief is None else belief.float())
         loss = F.smooth_l1_loss(predicted.float(), dice.float(), beta=0.1)
         if self.ranking_weight > 0:
             loss = loss + self.ranking_weight * pairwise_ranking_loss(predicted.float(), dice.float())
         loss.backward()
-        self.optimizer.step()
+        self.step_if_finite(loss)
         return loss.detach()
+
+    def step_if_finite(self, loss: torch.Tensor) -> bool:
+        """g's optimizer step, unless the loss or a gradient is not finite: then the step is skipped, counted
+        (skipped_steps) and logged, as one NaN update would make every later score of g NaN. Under DDP the
+        gradients are all-reduced, so every rank decides alike. Reads one value from the device."""
+        if bool(all_finite(loss.detach(), list(self.model.parameters()))):
+            self.optimizer.step()
+            return True
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self.log(f"Quality predictor: non-finite training loss ({loss.item()}) or gradient, optimizer step "
+                 f"skipped ({self.skipped_steps} so far).")
+        return False
 
     def train_steps(self, images: torch.Tensor, target: torch.Tensor,
                     seg_logits: Union[torch.Tensor, Sequence[torch.Tensor]], autocast_ctx, steps: int = 1,
@@ -239,6 +273,12 @@ class QualityPredictorTrainer:
             self.real_fraction = saved
             self.model.eval()
             self.model.requires_grad_(False)
+
+    def close(self) -> None:
+        """Shut the corruption threads down; safe to call again (a later corruption starts new threads)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def freeze(self) -> None:
         """Eval mode and no parameter updates; g stays differentiable with respect to its mask input."""

@@ -9,7 +9,9 @@ Without -s the segmentations are predicted first with nnU-Net's predictor (writt
 `quality.json` to -o and prints the worst rows. With --reference (a folder of true labels) the true
 Dice is added and the agreement (MAE, Pearson, Spearman) is reported: that is how the predictor is
 validated. --trusted-folder copies the segmentations whose every label reaches --min-quality
-(offline pseudo-labelling of unlabelled images).
+(offline pseudo-labelling of unlabelled images). Every input image is read once inside the input guard
+before anything is predicted or written, and segmentations and references are read inside it too: an
+unreadable file stops the command with its name and the fix.
 """
 import argparse
 import os
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nnunet_qg.dataset_conversion.input_checks import InputError, reading, require_nnunet_folders
 from nnunet_qg.quality.dice import dice_per_label
 from nnunet_qg.quality_control.report import (agreement_with_truth, format_table, plot_case, rows_worst_first,
                                               write_csv, write_json)
@@ -41,33 +44,52 @@ def predict_segmentations(model_folder: str, folds, checkpoint: str, input_folde
                                  num_processes_preprocessing=1, num_processes_segmentation_export=1)
 
 
+def read_inputs_once(cases: Dict[str, List[str]], reader) -> None:
+    """Read every input image inside the input guard, so that a broken file is named before minutes of
+    prediction (nnU-Net's predictor reads in worker processes) and before anything is written."""
+    for case, files in tqdm(cases.items(), desc="Checking inputs", disable=not sys.stdout.isatty()):
+        with reading(files, fix=f"Re-download it, or remove case '{case}' from the input folder."):
+            reader().read_images(files)
+
+
+def read_segmentation(path: str, reader, fix: str):
+    """read_seg of a segmentation or reference file, inside the input guard."""
+    with reading(path, fix=fix):
+        return reader().read_seg(path)
+
+
 def run_quality_control(args) -> List[dict]:
+    require_nnunet_folders("nnUNet_results")
     device = torch.device(args.device)
     folds = [f if f == "all" else int(f) for f in args.f]
     model_folder = model_folder_of(args.d, args.tr, args.p, args.c)
     scorer = CaseScorer(model_folder, folds, device)  # fails early if g is missing
     file_ending = scorer.dataset_json["file_ending"]
     cases = case_ids_and_images(args.i, file_ending, len(scorer.dataset_json["channel_names"]))
+    reader = scorer.plans_manager.image_reader_writer_class
+    read_inputs_once(cases, reader)
     os.makedirs(args.o, exist_ok=True)
     segmentations = args.s
     if segmentations is None:
         print(f"Predicting {len(cases)} case(s) with {model_folder} (folds {folds}) into {args.o}", flush=True)
         predict_segmentations(model_folder, folds, args.chk, args.i, args.o, device, not args.disable_tta)
         segmentations = args.o
-    reader = scorer.plans_manager.image_reader_writer_class
     labels = scorer.labels
     names = {v: k for k, v in scorer.dataset_json["labels"].items() if isinstance(v, int)}
     scores: Dict[str, np.ndarray] = {}
     volumes, truth = {}, ({} if args.reference else None)
     for case, image_files in tqdm(cases.items(), desc="Scoring", disable=not sys.stdout.isatty()):
-        seg, properties = reader().read_seg(segmentation_file_for(case, segmentations, file_ending))
+        seg, properties = read_segmentation(
+            segmentation_file_for(case, segmentations, file_ending), reader,
+            f"Replace it, or remove case '{case}' from -i." if args.s else "Run the command again to predict it anew.")
         scores[case] = scorer.score(image_files, seg)
         volumes[case] = label_volumes(seg, properties["spacing"], labels)
         if truth is not None:
             ref_file = join(args.reference, case + file_ending)
             if not os.path.isfile(ref_file):
                 raise QualityControlError(f"--reference has no {ref_file} for case {case}.")
-            truth[case] = dice_per_label(seg, reader().read_seg(ref_file)[0], labels)
+            ref = read_segmentation(ref_file, reader, f"Replace it, or remove case '{case}' from -i.")[0]
+            truth[case] = dice_per_label(seg, ref, labels)
     rows = rows_worst_first(scores, volumes, labels, names, args.threshold, truth)
     meta = {"model_folder": model_folder, "folds": folds, "segmentations": os.path.abspath(segmentations),
             "threshold": args.threshold, "aggregation": "sliding window (step 0.5), label-volume-weighted mean"}
@@ -145,7 +167,7 @@ def entry_point() -> None:
     args = parser.parse_args()
     try:
         run_quality_control(args)
-    except QualityControlError as e:
+    except (QualityControlError, InputError) as e:
         raise SystemExit(f"ERROR: {e}")
 
 

@@ -39,6 +39,12 @@ def worker_seeds(base_seed: int, rank: int, num_workers: int) -> List[int]:
     return [int((base_seed + 100_003 * rank + 7_919 * w) % (2 ** 31 - 1)) for w in range(max(num_workers, 1))]
 
 
+def unlabeled_workers(n_proc_da: int) -> int:
+    """Background workers of the unlabelled loader by default: half of nnU-Net's `nnUNet_n_proc_DA` (at least
+    one), as both loaders share the same cores; 0 (in the main process) when nnU-Net's are 0."""
+    return max(1, n_proc_da // 2) if n_proc_da > 0 else 0
+
+
 def make_augmenter(data_loader: nnUNetDataLoader, num_processes: int, seeds: Optional[List[int]],
                    pin_memory: bool):
     """Background workers as nnU-Net uses them (`nnUNet_n_proc_DA`; 0 = in the main process)."""

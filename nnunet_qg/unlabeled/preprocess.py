@@ -3,7 +3,9 @@
 Same resampling and normalisation as the labelled cases (nnU-Net's preprocessor class from
 the plans), written in nnU-Net's blosc2 format to `<data_identifier>_unlabeled/` beside the
 labelled folder. Re-runs skip finished cases; each case is written under a temporary name and
-renamed, so an interrupted run leaves no half-written case; changed plans trigger re-processing.
+renamed, so an interrupted run leaves no half-written case; changed plans trigger re-processing. Every
+image is read inside the input guard of nnunet_qg.dataset_conversion.input_checks: an unreadable file
+(truncated, empty, not an image) stops the run with its name and the fix.
 """
 import argparse
 import hashlib
@@ -14,10 +16,12 @@ import shutil
 from os.path import isdir, isfile, join
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json, maybe_mkdir_p
 from tqdm import tqdm
 
 from nnunet_qg.atomic import atomic_write_json
+from nnunet_qg.dataset_conversion.input_checks import InputError, positive_count, reading, require_nnunet_folders
 from nnunet_qg.unlabeled.errors import UnlabeledDataError
 from nnunet_qg.unlabeled.paths import (PLANS_FINGERPRINT_FILE, preprocess_command,
                                        preprocessed_unlabeled_folder, raw_unlabeled_folder)
@@ -66,25 +70,34 @@ def _remove_stale_temporaries(folder: str) -> None:
 
 def _preprocess_one_case(case_id: str, image_files: List[str], output_folder: str, plans: dict,
                          configuration: str, dataset_json: dict) -> str:
-    """Preprocess one case into a temporary folder, then move its files into place (pkl last)."""
+    """Preprocess one case into a temporary folder, then move its files into place (pkl last). What
+    nnU-Net's run_case_save does, with the reading inside the input guard."""
+    from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     plans_manager = PlansManager(plans)
     configuration_manager = plans_manager.get_configuration(configuration)
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
+    with reading(image_files, fix=f"Re-download it, or remove unlabelled case '{case_id}' from imagesUnlabeled."):
+        data, properties = plans_manager.image_reader_writer_class().read_images(image_files)
     tmp_folder = join(output_folder, f"{_TMP_PREFIX}{case_id}-{os.getpid()}")
     os.makedirs(tmp_folder, exist_ok=True)
     try:
         try:
             # no segmentation: nnU-Net's preprocessor then stores the nonzero (crop) mask as seg
-            preprocessor.run_case_save(join(tmp_folder, case_id), image_files, None, plans_manager,
-                                       configuration_manager, dataset_json)
-        except Exception as e:  # reader errors come in many types; name the files and the fix
+            data, seg, properties = preprocessor.run_case_npy(data, None, properties, plans_manager,
+                                                              configuration_manager, dataset_json)
+        except Exception as e:  # e.g. an image of another dimensionality than the dataset's
             raise UnlabeledDataError(
-                f"Could not read or preprocess unlabelled case '{case_id}' from {', '.join(image_files)}: "
-                f"{type(e).__name__}: {e}. Check that the file(s) are valid {dataset_json['file_ending']} "
-                f"images readable by {plans.get('image_reader_writer', 'the dataset reader')}, or remove the "
-                f"case from imagesUnlabeled.") from None
+                f"Could not preprocess unlabelled case '{case_id}' from {', '.join(image_files)}: "
+                f"{type(e).__name__}: {e}. Check that it is an image like those of imagesTr (dimensions, "
+                f"channels), or remove the case from imagesUnlabeled.") from None
+        data, seg = data.astype(np.float32, copy=False), seg.astype(np.int16, copy=False)
+        patch_size = tuple(configuration_manager.patch_size)
+        blocks, chunks = comp_blosc2_params(data.shape, patch_size, data.itemsize)
+        blocks_seg, chunks_seg = comp_blosc2_params(seg.shape, patch_size, seg.itemsize)
+        nnUNetDatasetBlosc2.save_case(data, seg, properties, join(tmp_folder, case_id), chunks=chunks,
+                                      blocks=blocks, chunks_seg=chunks_seg, blocks_seg=blocks_seg)
         for suffix in (".b2nd", "_seg.b2nd", ".pkl"):
             os.replace(join(tmp_folder, case_id + suffix), join(output_folder, case_id + suffix))
     finally:
@@ -103,7 +116,15 @@ def preprocess_unlabeled(dataset_name_or_id, configuration: str, plans_identifie
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
+    require_nnunet_folders("nnUNet_raw", "nnUNet_preprocessed")
+    try:
+        dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
+    except (RuntimeError, ValueError) as e:  # nnU-Net's message lists every folder; ours names the fix
+        problem = "not found" if "Could not find" in str(e) else str(e).split(". ")[0]
+        raise UnlabeledDataError(
+            f"Dataset {dataset_name_or_id}: {problem} in nnUNet_raw ({os.environ['nnUNet_raw']}) and "
+            f"nnUNet_preprocessed ({os.environ['nnUNet_preprocessed']}). Check -d, or convert the dataset and "
+            f"plan it first (nnUNetv2_plan_and_preprocess).") from None
     plans_file = join(nnUNet_preprocessed, dataset_name, plans_identifier + ".json")
     if not isfile(plans_file):
         raise UnlabeledDataError(
@@ -187,12 +208,12 @@ def entry_point() -> None:
     parser.add_argument("-c", nargs="+", default=["3d_fullres"],
                         help="Configuration(s) to preprocess for. Default: 3d_fullres")
     parser.add_argument("-plans_name", default="nnUNetPlans", help="Plans identifier. Default: nnUNetPlans")
-    parser.add_argument("-np", type=int, default=default_num_processes,
-                        help=f"Number of processes. Default: {default_num_processes} (nnUNet_def_n_proc)")
+    parser.add_argument("-np", type=positive_count, default=default_num_processes,
+                        help=f"Number of processes, >= 1. Default: {default_num_processes} (nnUNet_def_n_proc)")
     args = parser.parse_args()
     try:
         for d in args.d:
             for c in args.c:
                 preprocess_unlabeled(d, c, args.plans_name, args.np)
-    except UnlabeledDataError as e:
+    except (UnlabeledDataError, InputError) as e:
         raise SystemExit(f"ERROR: {e}")

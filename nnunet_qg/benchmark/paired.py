@@ -1,0 +1,99 @@
+"""Paired comparison of benchmark arms over seeds: mean difference with a 95 % t-interval, table, plot."""
+import subprocess
+from typing import Dict, List, Optional
+
+import numpy as np
+from scipy import stats
+
+from nnunet_qg.benchmark.profiles import ARMS, LOWER_BOUND
+from nnunet_qg.plotting import plt, save_figure
+
+REFERENCES = {"minus_supervised": LOWER_BOUND, "minus_unweighted": "unweighted_pl"}
+
+
+def mean_with_interval(differences: List[float]) -> Dict[str, object]:
+    """Mean of paired differences, its 95 % t-interval (None for fewer than 2), n and the differences."""
+    d = np.asarray(differences, float)
+    out = {"mean": float(d.mean()) if len(d) else None, "ci95": None, "n": int(len(d)),
+           "differences": [float(x) for x in d]}
+    if len(d) >= 2:
+        half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+        out["ci95"] = [out["mean"] - half, out["mean"] + half]
+    return out
+
+
+def dice_by_seed(rows: List[dict], arm: str) -> Dict[int, float]:
+    """Test Dice of an arm's finished runs, keyed by seed (by run index if unseeded)."""
+    return {(r["seed"] if r.get("seed") is not None else r["repeat"]): r["dice"]
+            for r in rows if r["arm"] == arm and "error" not in r}
+
+
+def paired_summary(rows: List[dict], profile: str, device: str, commit: str) -> dict:
+    """{"profile", "commit", "device", "arms": {arm: {"trainer", "seeds", "test_dice", "minus_supervised",
+    "minus_unweighted"}}}: each difference over the seeds both arms finished."""
+    arms = {}
+    for arm in sorted({r["arm"] for r in rows}, key=list(ARMS).index):
+        mine = dice_by_seed(rows, arm)
+        if not mine:
+            continue
+        seeds = sorted(mine)
+        entry = {"trainer": next(r["trainer"] for r in rows if r["arm"] == arm), "seeds": seeds,
+                 "test_dice": [mine[s] for s in seeds]}
+        for key, reference in REFERENCES.items():
+            theirs = dice_by_seed(rows, reference)
+            common = [s for s in seeds if s in theirs]
+            if arm != reference and common:
+                entry[key] = mean_with_interval([mine[s] - theirs[s] for s in common])
+        arms[arm] = entry
+    return {"profile": profile, "commit": commit, "device": device, "arms": arms}
+
+
+def paired_table(summary: dict) -> str:
+    """Markdown: per arm, seeds, mean test Dice, and each paired difference with its interval."""
+    def cell(d: Optional[dict]) -> str:
+        if not d:
+            return ""
+        ci = "" if d["ci95"] is None else f" [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
+        return f"{d['mean']:+.4f}{ci} (n={d['n']})"
+    lines = ["| arm | seeds | test Dice | minus supervised (95 % CI) | minus unweighted PL (95 % CI) |",
+             "|---|---|---|---|---|"]
+    for arm, e in summary["arms"].items():
+        lines.append(f"| {arm} | {len(e['seeds'])} | {np.mean(e['test_dice']):.4f} | "
+                     f"{cell(e.get('minus_supervised'))} | {cell(e.get('minus_unweighted'))} |")
+    return "\n".join(lines)
+
+
+def plot_paired(summary: dict, filename: str, title: str) -> None:
+    """Two panels (minus supervised, minus unweighted PL): each arm's paired differences (dots) and mean
+    with its 95 % interval (bar)."""
+    with plt.style.context("default"):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(summary["arms"]) + 2), sharey=True)
+        names = list(summary["arms"])
+        for ax, (key, reference) in zip(axes, REFERENCES.items()):
+            for y, arm in enumerate(names):
+                d = summary["arms"][arm].get(key)
+                if not d:
+                    continue
+                ax.scatter(d["differences"], [y] * d["n"], s=12, color="grey", alpha=0.6)
+                if d["ci95"] is not None:
+                    ax.plot(d["ci95"], [y, y], color="C0", linewidth=3)
+                ax.plot([d["mean"]], [y], "o", color="C3")
+            ax.axvline(0, color="black", linewidth=0.8)
+            ax.set_title(f"test Dice minus {reference} (paired by seed)", fontsize=9)
+            ax.grid(alpha=0.3)
+        axes[0].set_yticks(range(len(names)), names)
+        fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        save_figure(fig, filename, dpi=100)
+
+
+def source_commit() -> str:
+    """The git commit of the working directory (with '-dirty' if it has changes), or 'unknown'."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"

@@ -1,0 +1,147 @@
+"""The evidence protocol's control arms: each changes only PL-QW's weight, and withheld labels reach
+nothing but that weight (and g's logged agreement), only in benchmark trainers."""
+import json
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import HIPPOCAMPUS, PHANTOM_ID, TRAINER_FROM_ARGV, nnunet_env, requires_hippocampus, run_cli
+
+# argv[3]: which weight the trainer must give ("oracle", "unweighted", "shuffled" or "g")
+CHECK = TRAINER_FROM_ARGV + textwrap.dedent("""
+    from nnunet_qg.quality.dice import soft_dice_per_label
+    from nnunet_qg.quality.training import one_hot_foreground
+    from nnunet_qg.ssl_losses import per_sample_dice_ce, quality_weights, weighted_mean
+    kind = sys.argv[3]
+    torch.manual_seed(0)
+    x = torch.randn(4, 1, *trainer.configuration_manager.patch_size)
+    trainer.quality.freeze()  # as after the warm-up
+    trainer._weights = {"plqw": 1.0, "qar": 0.0}
+    # "withheld" labels: the teacher's own pseudo-labels for two samples (true Dice 1), noise for the others
+    teacher = trainer.teacher_probabilities(x)
+    pseudo, mask = trainer.pseudo_labels(teacher)
+    labels = torch.randint(0, 3, pseudo.shape)
+    labels[:2] = pseudo[:2]
+    trainer._unlabeled_target = labels
+    output = trainer.network(x)
+    loss, extras = trainer.compute_unlabeled_loss(output, x, x)
+    with torch.no_grad():
+        true = soft_dice_per_label(mask, one_hot_foreground(labels, [1, 2])).mean(1)
+        g_weights = quality_weights(trainer.quality_predictor(x, mask).float().mean(1))
+    assert torch.allclose(extras["ssl_pseudo_label_true_dice"], true.mean()), "true Dice of the pseudo-labels"
+    losses = per_sample_dice_ce(output, pseudo, trainer.loss.weight_factors)
+    if kind == "shuffled":  # a permutation of g's weights: recover it from the logged loss
+        weights = None
+        for perm in __import__("itertools").permutations(range(4)):
+            w = g_weights[list(perm)]
+            if torch.allclose(weighted_mean(losses, w), extras["ssl_loss_plqw"], atol=1e-6):
+                weights = w
+                break
+        assert weights is not None, "the shuffled weights are no permutation of g's"
+    else:
+        weights = {"oracle": quality_weights(true), "unweighted": torch.ones(4), "g": g_weights}[kind]
+    if kind == "oracle":
+        assert weights[:2].eq(1).all() and weights[2:].eq(0).all(), weights  # perfect pseudo-labels kept only
+    expected = weighted_mean(losses, weights)
+    assert torch.allclose(loss, expected, atol=1e-6), (float(loss), float(expected))
+    # the labels carry no gradient; the loss's gradient is that of the same loss with the weights as constants
+    assert not labels.requires_grad and not true.requires_grad
+    out0 = output[0]
+    got = torch.autograd.grad(loss, out0, retain_graph=True)[0]
+    want = torch.autograd.grad(weighted_mean(losses, weights.detach()), out0)[0]
+    assert torch.allclose(got, want, atol=1e-7)
+    print("OK", kind, [round(float(w), 3) for w in weights])
+""")
+
+
+@pytest.mark.parametrize("trainer,kind", [("nnUNetTrainerOraclePL", "oracle"), ("nnUNetTrainerUnweightedPL", "unweighted"),
+                                          ("nnUNetTrainerShuffledPL", "shuffled"), ("nnUNetTrainerQGSSL_PLQW", "g")])
+def test_control_arm_changes_only_the_weight(phantom_env, tmp_path, trainer, kind):
+    result = run_cli([sys.executable, "-c", CHECK, trainer, f"Dataset{PHANTOM_ID:03d}_Phantom", kind], phantom_env,
+                     timeout=600, cwd=tmp_path)
+    assert f"OK {kind}" in result.stdout
+
+
+def test_withheld_labels_only_in_benchmark_trainers():
+    """Every trainer that reads withheld labels is a benchmark control (or its budget variant), and the
+    shipped trainers' unlabelled views carry only a token segmentation."""
+    from nnunet_qg import trainers
+    from nnunet_qg.trainers.nnUNetTrainerPLControls import WithheldLabels, nnUNetTrainerOraclePL
+
+    readers = sorted(n for n in trainers.__all__ if issubclass(getattr(trainers, n), WithheldLabels))
+    assert "nnUNetTrainerOraclePL" in readers and "nnUNetTrainerQGSSL_PLQW_evidence" in readers
+    assert all(n.endswith(("_evidence", "_evidenceTiny")) or n == "nnUNetTrainerOraclePL" for n in readers), readers
+    for shipped in ("nnUNetTrainerQGSSL", "nnUNetTrainerQGSSL_PLQW", "nnUNetTrainerMeanTeacher", "nnUNetTrainerMTQW"):
+        assert not issubclass(getattr(trainers, shipped), WithheldLabels), shipped
+    assert issubclass(nnUNetTrainerOraclePL, WithheldLabels)
+
+
+def test_two_view_transform_keeps_the_withheld_segmentation_aligned():
+    from nnunet_qg.unlabeled.two_views import TwoViewTransform
+    from test_two_views import _image, _pipeline
+
+    torch.manual_seed(0)
+    np.random.seed(0)
+    image = _image()
+    seg = (image > 0.5).to(torch.int16)  # a segmentation that follows the image
+    kept = TwoViewTransform(_pipeline(), keep_segmentation=True)(image=image.clone(), segmentation=seg.clone())
+    token = TwoViewTransform(_pipeline())(image=image.clone(), segmentation=seg.clone())
+    assert token["segmentation"].numel() == 1
+    teacher_view, warped = kept["image"][1], kept["segmentation"][0]
+    assert warped.shape == teacher_view.shape
+    inside, outside = teacher_view[warped == 1], teacher_view[warped == 0]
+    assert inside.numel() and inside.mean() > outside.mean() + 1.0, "segmentation not warped with the image"
+
+
+def test_paired_summary_pairs_by_seed_with_a_t_interval():
+    from scipy import stats
+
+    from nnunet_qg.benchmark.paired import paired_summary
+
+    rows = [{"arm": a, "trainer": a, "seed": s, "repeat": s, "dice": d} for a, s, d in (
+        ("supervised", 0, 0.60), ("supervised", 1, 0.70), ("supervised", 2, 0.65),
+        ("unweighted_pl", 0, 0.62), ("unweighted_pl", 1, 0.71), ("unweighted_pl", 2, 0.69),
+        ("oracle_pl", 0, 0.64), ("oracle_pl", 1, 0.74))]  # seed 2 not finished: paired on 0 and 1 only
+    rows.append({"arm": "oracle_pl", "trainer": "x", "seed": 2, "repeat": 2, "error": "killed"})
+    arms = paired_summary(rows, "p", "cpu", "abc")["arms"]
+    d = arms["unweighted_pl"]["minus_supervised"]
+    diffs = np.array([0.02, 0.01, 0.04])
+    half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
+    assert d["n"] == 3 and d["mean"] == pytest.approx(diffs.mean())
+    assert d["ci95"] == pytest.approx([diffs.mean() - half, diffs.mean() + half])
+    assert arms["oracle_pl"]["seeds"] == [0, 1] and arms["oracle_pl"]["minus_unweighted"]["differences"] == \
+        pytest.approx([0.02, 0.03])
+    assert "minus_supervised" not in arms["supervised"] and "minus_unweighted" not in arms["unweighted_pl"]
+
+
+@requires_hippocampus
+def test_evidence_tiny_profile_end_to_end(tmp_path):
+    """The protocol's pipeline on real Hippocampus: 1 labelled case (fold all), withheld labels prepared,
+    paired runs of supervised, unweighted and oracle pseudo-labels, the paired summary written."""
+    out = tmp_path / "evidence"
+    run_cli(["nnUNetv2_qg_benchmark", "-i", str(HIPPOCAMPUS), "--profile", "evidence-tiny", "-o", str(out), "-d", "760"],
+            nnunet_env(tmp_path), timeout=1800)
+    summary = json.loads((out / "evidence_summary.json").read_text())
+    assert summary["profile"] == "evidence-tiny" and set(summary["arms"]) == {"supervised", "unweighted_pl", "oracle_pl"}
+    for arm in ("unweighted_pl", "oracle_pl"):
+        assert summary["arms"][arm]["seeds"] == [0, 1]
+        assert summary["arms"][arm]["minus_supervised"]["n"] == 2 and len(summary["arms"][arm]["minus_supervised"]["ci95"]) == 2
+    assert summary["arms"]["oracle_pl"]["minus_unweighted"]["n"] == 2
+    assert (out / "evidence_paired.png").is_file()
+    runs = json.loads((out / "ssl_benchmark.json").read_text())["runs"]
+    for run in runs:
+        checkpoint = torch.load(f"{run['model_folder']}/checkpoint_final.pth", map_location="cpu", weights_only=False)
+        log = checkpoint["logging"]
+        if run["arm"] == "supervised":
+            continue
+        pl_epochs = [e for e, w in enumerate(log["ssl_weight_plqw"]) if w > 0]
+        assert pl_epochs, "no epoch with pseudo-labels"
+        true_dice = [log["ssl_pseudo_label_true_dice"][e] for e in pl_epochs]
+        assert all(0 <= v <= 1 for v in true_dice), true_dice  # judged against the withheld labels
+        ess = [log["ssl_quality_weight_ess"][e] for e in pl_epochs]
+        if run["arm"] == "unweighted_pl":  # weight 1 for every pseudo-label: the whole batch counts
+            assert ess == pytest.approx([2.0] * len(ess)), ess
+        assert all(np.isfinite(log["ssl_teacher_val_dice"])), "EMA teacher's validation pseudo-Dice not logged"

@@ -1,0 +1,100 @@
+"""The evidence protocol's trainers (docs/benchmarks.md, profile `evidence`): every arm with one budget.
+
+Hippocampus 2d, 1 labelled case, fold `all`, 2 CPU cores. Every arm trains 60 epochs x 50 iterations at
+a FIXED batch of 4 (neither nnU-Net's 5 % cap, which gives 2 for one case, nor the whole-pool plans'
+batch: the same images per step in every arm), seeded by `nnUNet_qg_seed`. The semi-supervised arms
+that judge g against the truth read the unlabelled patches with their withheld labels (WithheldLabels);
+Mean Teacher reads the ordinary unlabelled folder (the same images).
+"""
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerMeanTeacher
+from nnunet_qg.trainers.nnUNetTrainerPLControls import (WithheldLabels, nnUNetTrainerOraclePL,
+                                                        nnUNetTrainerShuffledPL, nnUNetTrainerUnweightedPL)
+from nnunet_qg.trainers.nnUNetTrainerQGSSL import nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_PLQW
+from nnunet_qg.trainers.seeded_training import SeededTraining
+from nnunet_qg.trainers.short_schedule import ShortSchedule
+
+
+class EvidenceBudget(ShortSchedule):
+    """60 x 50 iterations at batch 4 (see the module docstring; chosen in docs/results.md)."""
+
+    short_num_epochs = 60
+    short_iterations_per_epoch = 50
+    short_val_iterations_per_epoch = 10
+    short_save_every = 5
+    short_batch_size = 4
+
+
+class nnUNetTrainer_evidence(EvidenceBudget, SeededTraining, nnUNetTrainer):
+    """supervised (few labels) and full_supervision (the whole pool labelled)."""
+
+
+class nnUNetTrainerMeanTeacher_evidence(EvidenceBudget, SeededTraining, nnUNetTrainerMeanTeacher):
+    """mean_teacher."""
+
+
+class nnUNetTrainerUnweightedPL_evidence(EvidenceBudget, SeededTraining, WithheldLabels, nnUNetTrainerUnweightedPL):
+    """unweighted_pl: every pseudo-label kept, weight 1."""
+
+
+class nnUNetTrainerQGSSL_PLQW_evidence(EvidenceBudget, SeededTraining, WithheldLabels, nnUNetTrainerQGSSL_PLQW):
+    """pl_qw: g's weights (the paper's PL-QW), as shipped."""
+
+
+class nnUNetTrainerQGSSL_evidence(EvidenceBudget, SeededTraining, WithheldLabels, nnUNetTrainerQGSSL):
+    """qg_ssl: PL-QW + QAR, as shipped."""
+
+
+class nnUNetTrainerOraclePL_evidence(EvidenceBudget, SeededTraining, nnUNetTrainerOraclePL):
+    """oracle_pl: the weights of a perfect g."""
+
+
+class nnUNetTrainerShuffledPL_evidence(EvidenceBudget, SeededTraining, WithheldLabels, nnUNetTrainerShuffledPL):
+    """shuffled_pl: g's weights permuted within the batch."""
+
+
+class nnUNetTrainerQGSSL_PLQWbatchSize_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
+    """pl_qw_batch_size: PL-QW normalised by the batch size, sum w l / B (absolute weights)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.quality_weight_normalisation = "batch_size"
+
+
+class nnUNetTrainer_evidenceCurve(nnUNetTrainer_evidence):
+    """Protocol design: the supervised arm, with the network kept after some epochs
+    (checkpoint_epoch_<e>.pth), so one run gives test Dice against the budget."""
+
+    keep_epochs = (4, 9, 19, 29, 39, 49, 59)
+
+    def on_epoch_end(self):
+        super().on_epoch_end()
+        if self.current_epoch - 1 in self.keep_epochs:  # nnU-Net counted the epoch as done
+            self.save_checkpoint(join(self.output_folder, f"checkpoint_epoch_{self.current_epoch - 1}.pth"))
+
+
+class EvidenceTinyBudget(EvidenceBudget):
+    """The profile `evidence-tiny` (the test suite's run of the protocol's pipeline): 3 x 4 iterations at batch 2."""
+
+    short_num_epochs = 3
+    short_iterations_per_epoch = 4
+    short_val_iterations_per_epoch = 2
+    short_save_every = 1
+    short_batch_size = 2
+
+
+class nnUNetTrainer_evidenceTiny(EvidenceTinyBudget, SeededTraining, nnUNetTrainer):
+    """supervised, tiny budget."""
+
+
+class nnUNetTrainerUnweightedPL_evidenceTiny(EvidenceTinyBudget, SeededTraining, WithheldLabels,
+                                             nnUNetTrainerUnweightedPL):
+    """unweighted_pl, tiny budget."""
+
+
+class nnUNetTrainerOraclePL_evidenceTiny(EvidenceTinyBudget, SeededTraining, nnUNetTrainerOraclePL):
+    """oracle_pl, tiny budget."""
