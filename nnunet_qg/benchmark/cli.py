@@ -83,6 +83,8 @@ def write_paired_results(rows: List[dict], out: str, meta: dict) -> str:
 def write_results(rows: List[dict], out: str, meta: dict) -> str:
     lines = summarise(rows)
     table = markdown_table(lines)
+    if meta.get("seed") is not None:  # paired runs: the paired differences too (printed and in the .md)
+        table += "\n\nPaired by seed:\n\n" + write_paired_results(rows, out, meta)
     atomic_write_json({**meta, "summary": lines, "runs": rows}, join(out, "ssl_benchmark.json"))
     seeding = "unseeded" if meta.get("seed") is None else f"run r seeded with nnUNet_qg_seed = {meta['seed']} + r"
     header = (f"Profile `{meta['profile']}` ({meta['budget']} budget), {meta['device']}, {meta['date']}; "
@@ -94,8 +96,6 @@ def write_results(rows: List[dict], out: str, meta: dict) -> str:
         title = f"{meta['dataset']}: profile {meta['profile']} ({meta['budget']}), {meta['device']}"
         plot_bars(lines, join(out, "ssl_benchmark.png"), title)
         plot_curves(rows, join(out, "ssl_benchmark_curves.png"), title)
-    if meta.get("seed") is not None:
-        table += "\n\n" + write_paired_results(rows, out, meta)
     return table
 
 
