@@ -18,7 +18,7 @@ import sys
 import time
 from datetime import date
 from os.path import abspath, isfile, join
-from typing import List
+from typing import Dict, List
 
 from nnunet_qg import pipeline
 from nnunet_qg.atomic import atomic_write_json, atomic_write_text
@@ -99,6 +99,19 @@ def write_results(rows: List[dict], out: str, meta: dict) -> str:
     return table
 
 
+def ordered_jobs(profile: Profile, ids: Dict[str, int]) -> List[Job]:
+    """Run by run, so that the runs finished so far are paired. The arms with every run (and the first run
+    of the upper bound) come before the arms with fewer runs, so that the main comparison gets its seeds
+    first."""
+    jobs = [Job(arm, UPPER_BOUND if arm == UPPER_BOUND else fraction, r,
+                ids[UPPER_BOUND if arm == UPPER_BOUND else fraction])
+            for r in range(profile.repeats) for fraction in profile.fractions for arm in profile.arms
+            if r < profile.runs_of(arm) and (arm != UPPER_BOUND or fraction == profile.fractions[0])]
+    secondary = [j for j in jobs if profile.runs_of(j.arm) < profile.repeats
+                 and not (j.arm == UPPER_BOUND and j.repeat == 0)]
+    return [j for j in jobs if j not in secondary] + secondary
+
+
 def entry_point() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-i", required=True, help="MSD-style folder with ssl_splits.json (e.g. ../shared/data/hippocampus)")
@@ -149,11 +162,7 @@ def entry_point() -> None:
     print(f"[1/3] Preparing {len(ids)} dataset(s) from {args.i} (profile {profile.name})", flush=True)
     prep_s = prepare_datasets(abspath(args.i), split_file, ids, profile, env, join(work, "logs"), args.reader,
                               args.resume)
-    # run by run (every arm of run 0 first), so that the runs finished so far are paired
-    jobs = [Job(arm, UPPER_BOUND if arm == UPPER_BOUND else fraction, r, ids[UPPER_BOUND if arm == UPPER_BOUND
-                                                                          else fraction])
-            for r in range(profile.repeats) for fraction in profile.fractions for arm in profile.arms
-            if r < profile.runs_of(arm) and (arm != UPPER_BOUND or fraction == profile.fractions[0])]
+    jobs = ordered_jobs(profile, ids)
     test_cases = len(os.listdir(join(pipeline.raw_dataset_folder(env, next(iter(ids.values()))), "labelsTs")))
     meta = {"date": date.today().isoformat(), "profile": profile.name, "budget": profile.budget,
             "device": describe_device(profile.device), "dataset": os.path.basename(abspath(args.i)),
