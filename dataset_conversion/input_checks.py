@@ -159,3 +159,23 @@ def positive_number(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{value} is not allowed: give a number > 0")
     return value
+
+
+def number_range(minimum: float, maximum: float) -> Callable[[str], float]:
+    """argparse `type=`: a number in [minimum, maximum] (e.g. a Dice threshold in [0, 1]); the error says the
+    allowed range."""
+    allowed = f"a number from {minimum:g} to {maximum:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not allowed: give {allowed}") from None
+        if not minimum <= value <= maximum:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{text} is not allowed: give {allowed}")
+        return value
+    parse.__name__ = f"number_range({minimum:g}, {maximum:g})"
+    return parse
+
+
+unit_interval = number_range(0.0, 1.0)  # e.g. a Dice threshold

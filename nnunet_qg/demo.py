@@ -16,9 +16,13 @@ from os.path import abspath, join
 from typing import List, Optional
 
 from nnunet_qg import pipeline
+from nnunet_qg.epoch_progress import EpochProgress
 from nnunet_qg.pipeline import StageError
 
-STAGES = 6
+STAGE_NAMES = ("Data (a generated phantom, or --data)", "Conversion to an nnU-Net raw dataset with imagesUnlabeled/",
+               "Planning and preprocessing, labelled and unlabelled", "Training (one line per epoch)",
+               "Prediction of the held-out test cases", "Evaluation")
+STAGES = len(STAGE_NAMES)
 
 
 def _stage(i: int, text: str) -> None:
@@ -39,6 +43,7 @@ def run_demo(output: str, data: Optional[str], dataset_id: int, num_labelled: in
              max_test: int, trainer: str, num_phantom_cases: int) -> dict:
     """Run all stages; returns the evaluation summary (nnU-Net's summary.json content)."""
     output = abspath(output)
+    print("Stages: " + "; ".join(f"{i}. {name}" for i, name in enumerate(STAGE_NAMES, 1)), flush=True)
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         shutil.rmtree(join(output, name), ignore_errors=True)
     env = pipeline.nnunet_env(output)
@@ -67,9 +72,10 @@ def run_demo(output: str, data: Optional[str], dataset_id: int, num_labelled: in
     _run(pipeline.convert, "nnUNetv2_convert_MSD_ssl", data, dataset_id, split_args, env, join(logs, "convert.log"))
     _stage(3, "Planning and preprocessing (stock nnUNetv2_plan_and_preprocess, then nnUNetv2_preprocess_unlabeled)")
     _run(pipeline.plan_and_preprocess, dataset_id, env, logs, num_processes=n_proc)
-    _stage(4, f"Training {trainer} on the CPU (nnUNetv2_train)")
-    _run(pipeline.train, dataset_id, "3d_fullres", "0", trainer, env, join(logs, "train.log"),
-         echo=("Epoch ", "SSL:", "Pseudo dice", "Quality predictor", "Mean Validation Dice"))
+    train_log = join(logs, "train.log")
+    _stage(4, f"Training {trainer} on the CPU (nnUNetv2_train; every figure of every epoch: {train_log})")
+    _run(pipeline.train, dataset_id, "3d_fullres", "0", trainer, env, train_log,
+         on_line=EpochProgress(_num_epochs(trainer)))
     _stage(5, "Predicting the held-out test cases (nnUNetv2_predict)")
     raw = pipeline.raw_dataset_folder(env, dataset_id)
     predictions = join(output, "predictions")
@@ -84,6 +90,13 @@ def run_demo(output: str, data: Optional[str], dataset_id: int, num_labelled: in
     labels = sorted(v for v in json.load(open(join(raw, "dataset.json")))["labels"].values() if v > 0)
     _print_table(summary, labels, pipeline.model_folder(env, dataset_id, trainer), predictions)
     return summary
+
+
+def _num_epochs(trainer: str) -> Optional[int]:
+    """The epochs of one of our short-schedule trainers (None for another trainer)."""
+    import nnunet_qg.trainers
+
+    return getattr(getattr(nnunet_qg.trainers, trainer, None), "short_num_epochs", None)
 
 
 def _print_table(summary: dict, labels: List[int], model_folder: str, predictions: str) -> None:

@@ -9,7 +9,7 @@ import os
 import subprocess
 import time
 from os.path import join
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 
 class StageError(RuntimeError):
@@ -17,8 +17,9 @@ class StageError(RuntimeError):
 
 
 def run_logged(cmd: List[str], env: Dict[str, str], log_file: str, echo: Optional[Sequence[str]] = None,
-               prefix: str = "      ") -> float:
-    """Run a console script with its output in `log_file`; echo lines starting with one of `echo`.
+               prefix: str = "      ", on_line: Optional[Callable[[str], None]] = None) -> float:
+    """Run a console script with its output in `log_file`; echo lines starting with one of `echo`, and hand
+    every line (without nnU-Net's time stamp) to `on_line`.
 
     Returns the wall time in seconds."""
     started = time.time()
@@ -31,6 +32,8 @@ def run_logged(cmd: List[str], env: Dict[str, str], log_file: str, echo: Optiona
             text = line.split(": ", 1)[-1].strip()
             if echo and text.startswith(tuple(echo)):
                 print(f"{prefix}{text}", flush=True)
+            if on_line is not None:
+                on_line(text)
         proc.wait()
     if proc.returncode != 0:
         with open(log_file) as f:
@@ -77,10 +80,11 @@ def plan_and_preprocess(dataset_id: int, env: Dict[str, str], log_dir: str, conf
 
 
 def train(dataset_id: int, configuration: str, fold: str, trainer: str, env: Dict[str, str], log_file: str,
-          device: str = "cpu", echo: Optional[Sequence[str]] = None, continue_training: bool = False) -> float:
+          device: str = "cpu", echo: Optional[Sequence[str]] = None, continue_training: bool = False,
+          on_line: Optional[Callable[[str], None]] = None) -> float:
     """nnUNetv2_train (with --c: continue from the fold's latest checkpoint)."""
     return run_logged(["nnUNetv2_train", str(dataset_id), configuration, str(fold), "-tr", trainer, "-device", device]
-                      + (["--c"] if continue_training else []), env, log_file, echo=echo)
+                      + (["--c"] if continue_training else []), env, log_file, echo=echo, on_line=on_line)
 
 
 def model_folder(env: Dict[str, str], dataset_id: int, trainer: str, configuration: str = "3d_fullres",

@@ -1,12 +1,17 @@
-"""Shared helpers: isolated nnU-Net folders, real console scripts in subprocesses, real data."""
+"""Shared helpers: isolated nnU-Net folders, real console scripts in subprocesses, real data, the two
+tiers (`pytest tests`: the fast tier; `pytest tests --full`: every test; docs/testing.md) and the models
+trained once per session that many tests read."""
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import textwrap
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence
 
 import pytest
 
@@ -18,24 +23,94 @@ requires_hippocampus = pytest.mark.skipif(
     reason=f"real Hippocampus data not found at {HIPPOCAMPUS} (only on development and CI machines)")
 
 PHANTOM_ID = 901
+PHANTOM_DATASET = f"Dataset{PHANTOM_ID:03d}_Phantom"
 
-# start of a `python -c` check script: the trainer named by argv[1], built on the preprocessed dataset
-# argv[2] (3d_fullres, fold 0, CPU) and initialised, as nnUNetv2_train would build it
-TRAINER_FROM_ARGV = textwrap.dedent("""
+FULL_REASON = "full tier: run with `pytest tests --full`"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """`--full`: also run the tests marked `full` (docs/testing.md)."""
+    parser.addoption("--full", action="store_true", default=False,
+                     help="also run the full tier (tests marked `full`): every trainer end to end, kill/resume, "
+                          "seeded pairing, the benchmark pipeline, real Hippocampus and PH2 runs, 2D end to end")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "full: in the full tier only; skipped unless `pytest tests --full`")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    """Without --full, skip every test marked `full` (their session fixtures then never run)."""
+    if config.getoption("--full"):
+        return
+    skip = pytest.mark.skip(reason=FULL_REASON)
+    for item in items:
+        if item.get_closest_marker("full") is not None:
+            item.add_marker(skip)
+
+
+# A `python -c` script: for each job [trainer, dataset, *args] of the JSON list in argv[1], the trainer built on
+# the preprocessed dataset (3d_fullres, fold 0, CPU) and initialised as nnUNetv2_train builds it, then
+# check(trainer, args); one line "CHECK-RESULT [job, 'OK' or the traceback]" per job. One interpreter (and one
+# import of torch and nnU-Net) serves many trainers.
+_CHECKS_HEAD = textwrap.dedent("""
+    import json
     import sys
+    import traceback
+
     import torch
     from batchgenerators.utilities.file_and_folder_operations import join, load_json
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    name, dataset = sys.argv[1], sys.argv[2]
-    plans = load_json(join(nnUNet_preprocessed, dataset, "nnUNetPlans.json"))
-    plans["continue_training"] = False
-    trainer = recursive_find_trainer_class_by_name(name)(
-        plans=plans, configuration="3d_fullres", fold=0,
-        dataset_json=load_json(join(nnUNet_preprocessed, dataset, "dataset.json")), device=torch.device("cpu"))
-    trainer.initialize()
+
+    FRESH_SEED = torch.initial_seed()  # torch's seed at interpreter start
+
+
+    def build_trainer(name, dataset):
+        torch.manual_seed(FRESH_SEED)  # every job starts from a fresh interpreter's random state
+        plans = load_json(join(nnUNet_preprocessed, dataset, "nnUNetPlans.json"))
+        plans["continue_training"] = False
+        trainer = recursive_find_trainer_class_by_name(name)(
+            plans=plans, configuration="3d_fullres", fold=0,
+            dataset_json=load_json(join(nnUNet_preprocessed, dataset, "dataset.json")), device=torch.device("cpu"))
+        trainer.initialize()
+        return trainer
+
+
 """)
+_CHECKS_TAIL = textwrap.dedent("""
+
+
+    for job in json.loads(sys.argv[1]):
+        try:
+            check(build_trainer(job[0], job[1]), job[2:])
+            result = "OK"
+        except BaseException:
+            result = traceback.format_exc()
+        print("CHECK-RESULT " + json.dumps([job, result]), flush=True)
+""")
+
+
+def run_trainer_checks(body: str, jobs: Sequence[Sequence[str]], env: Dict[str, str],
+                       cwd: Path) -> Dict[tuple, str]:
+    """Run `body` (the code of `check(trainer, args)`) on every job in one subprocess, outside the source tree
+    so that the installed package is imported; returns job -> "OK" or the traceback (or the process's output
+    where a job gave no result)."""
+    script = _CHECKS_HEAD + "def check(trainer, args):\n" + textwrap.indent(textwrap.dedent(body), "    ")
+    script += _CHECKS_TAIL
+    try:
+        proc = run_cli([sys.executable, "-c", script, json.dumps([list(j) for j in jobs])], env, timeout=1800,
+                       check=False, cwd=cwd)
+    except subprocess.TimeoutExpired as timeout:  # the jobs that finished keep their result
+        out, err = (t.decode(errors="replace") if isinstance(t, bytes) else t or ""
+                    for t in (timeout.output, timeout.stderr))
+        proc = subprocess.CompletedProcess(timeout.cmd, "timed out after 1800 s", out, err)
+    results = {tuple(job): result for job, result in (json.loads(line[len("CHECK-RESULT "):])
+                                                     for line in proc.stdout.splitlines()
+                                                     if line.startswith("CHECK-RESULT "))}
+    missing = f"no result (exit {proc.returncode})\nSTDOUT:\n{proc.stdout[-4000:]}\nSTDERR:\n{proc.stderr[-4000:]}"
+    return {tuple(job): results.get(tuple(job), missing) for job in jobs}
 
 
 def nnunet_env(root: Path) -> Dict[str, str]:
@@ -99,6 +174,68 @@ def phantom_copy(phantom_env, tmp_path) -> Dict[str, str]:
         shutil.rmtree(env[name])
         shutil.copytree(phantom_env[name], env[name])
     return env
+
+
+# models trained killed after their first checkpoint and resumed with --c (the interrupted checkpoint kept);
+# every other trainer's model trains in one nnUNetv2_train call
+KILLED_AND_RESUMED = ("nnUNetTrainerQGSSL_debug", "nnUNetTrainerSSL_debug", "nnUNetTrainerQGWarmup_debug")
+
+
+@dataclass
+class TrainedModel:
+    """A phantom model (3d_fullres, fold 0) trained once per session. Read it, never change it: a test that
+    writes into a model folder works on `copy_to`."""
+
+    trainer: str
+    env: Dict[str, str]  # phantom_env with the session's results folder
+    fold: Path
+    stdout: str  # of the (last) nnUNetv2_train call
+    interrupted: Optional[Path] = None  # checkpoint_latest.pth as the killed call left it (copied out of the fold)
+
+    def copy_to(self, root: Path) -> Dict[str, str]:
+        """phantom_env with a results folder of its own under `root` that holds a copy of this model."""
+        env = {**self.env, "nnUNet_results": str(root / "nnUNet_results")}
+        shutil.copytree(self.fold.parent, Path(env["nnUNet_results"]) / PHANTOM_DATASET / self.fold.parent.name)
+        return env
+
+
+class TrainedModels:
+    """Trains each trainer's phantom model through nnUNetv2_train at most once per session, when first asked."""
+
+    def __init__(self, env: Dict[str, str], root: Path):
+        self.root = root
+        self.env = {**env, "nnUNet_results": str(root)}
+        self._models: Dict[str, object] = {}
+
+    def get(self, trainer: str) -> TrainedModel:
+        if trainer not in self._models:
+            try:
+                self._models[trainer] = self._train(trainer)
+            except (AssertionError, subprocess.SubprocessError) as error:  # not retried by every later test
+                self._models[trainer] = f"training {trainer} failed (once per session): {error}"
+        model = self._models[trainer]
+        if isinstance(model, str):
+            raise AssertionError(model)
+        return model
+
+    def _train(self, trainer: str) -> TrainedModel:
+        fold = self.root / PHANTOM_DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
+        cmd = ["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"]
+        interrupted = None
+        if trainer in KILLED_AND_RESUMED:
+            kill_after_first_checkpoint(cmd, self.env, fold)  # mid-training
+            assert not (fold / "checkpoint_final.pth").is_file(), "killed after the training had finished"
+            interrupted = self.root / "interrupted" / f"{trainer}.pth"
+            interrupted.parent.mkdir(exist_ok=True)
+            shutil.copy(fold / "checkpoint_latest.pth", interrupted)
+            cmd = cmd + ["--c"]
+        return TrainedModel(trainer, self.env, fold, run_cli(cmd, self.env).stdout, interrupted)
+
+
+@pytest.fixture(scope="session")
+def trained_models(phantom_env, tmp_path_factory) -> TrainedModels:
+    """The session's phantom models (`trained_models.get(trainer)`), in a results folder of their own."""
+    return TrainedModels(phantom_env, tmp_path_factory.mktemp("trained"))
 
 
 def train_on_corruptions(cases, steps: int, patch_size=None, seed: int = 0):

@@ -28,6 +28,7 @@ def _train_predict_evaluate(env, dataset_id: int, dataset: str, tmp_path: Path) 
     return summary
 
 
+@pytest.mark.full
 def test_ph2_rgb_2d_end_to_end(tmp_path):
     if not (PH2_REAL / "images").is_dir():
         pytest.skip(f"real PH2 data not found at {PH2_REAL} (only on development and CI machines)")
@@ -41,6 +42,7 @@ def test_ph2_rgb_2d_end_to_end(tmp_path):
     _train_predict_evaluate(env, 850, "Dataset850_PH2", tmp_path)
 
 
+@pytest.mark.full
 def test_2d_configuration_of_a_3d_dataset(phantom_copy, tmp_path):
     env = phantom_copy
     run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(PHANTOM_ID), "-c", "2d", "-np", "2"],

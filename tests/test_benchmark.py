@@ -21,6 +21,7 @@ def _phantom_with_split(root, n_cases=12, n_test=2, n_labelled=6):
     return source, env
 
 
+@pytest.mark.full
 def test_benchmark_pipeline_two_arms(tmp_path):
     source, env = _phantom_with_split(tmp_path)
     out = tmp_path / "bench"
@@ -78,6 +79,7 @@ def test_benchmark_pipeline_two_arms(tmp_path):
     assert rerun["qg_ssl"]["resumed"] is False  # kept, trained in one call
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("trainer", ["nnUNetTrainer_benchTiny", "nnUNetTrainerQGSSL_benchTiny"])
 def test_seeded_run_resumed_with_c_draws_the_uninterrupted_runs_patches(phantom_env, tmp_path, trainer):
     """A seeded run killed after its first checkpoint and resumed with --c takes the random states back
@@ -106,6 +108,7 @@ def test_seeded_run_resumed_with_c_draws_the_uninterrupted_runs_patches(phantom_
             assert resumed == pytest.approx(uninterrupted, rel=1e-6, abs=1e-7), key
 
 
+@pytest.mark.full
 def test_benchmark_ph2_2d_profile_writes_its_split(tmp_path):
     if not (SHARED_DATA / "ph2" / "images").is_dir():
         pytest.skip(f"real PH2 data not found at {SHARED_DATA / 'ph2'} (only on development and CI machines)")

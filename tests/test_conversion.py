@@ -77,6 +77,7 @@ def test_ph2_original_layout(tmp_path):
     assert image.shape == (40, 48, 3) and mask.shape == (40, 48) and set(np.unique(mask)) == {0, 1}
 
 
+@pytest.mark.full
 def test_ph2_real_png_layout_and_split_file_round_trip(tmp_path):
     if not (PH2_REAL / "images").is_dir():
         pytest.skip(f"real PH2 data not found at {PH2_REAL} (only on development and CI machines)")

@@ -1,15 +1,23 @@
-"""The README's first command, in its smallest setting (what CI runs)."""
+"""The README's first command, in its smallest setting (full tier: `pytest tests --full`)."""
 import json
+
+import pytest
 
 from conftest import nnunet_env, run_cli
 
 
+@pytest.mark.full  # the phantom pipeline is in the fast tier through test_pipeline_phantom.py
 def test_demo_smoke(tmp_path):
     env = nnunet_env(tmp_path / "unused")  # the demo sets its own nnU-Net folders under --output
     out = tmp_path / "demo"
     proc = run_cli(["nnUNetv2_qg_demo", "--smoke", "--output", str(out)], env, timeout=1200)
     for stage in range(1, 7):
         assert f"[{stage}/6]" in proc.stdout
+    # one progress line per epoch of the 4-epoch debug trainer, the SSL phase named; details only in the log
+    epoch_lines = [line.strip() for line in proc.stdout.splitlines() if line.strip().startswith("epoch ")]
+    assert [line.split()[1] for line in epoch_lines] == ["1/4", "2/4", "3/4", "4/4"], proc.stdout
+    assert "warm-up" in epoch_lines[0] and "PL-QW weight" in epoch_lines[-1] and "pseudo Dice" in epoch_lines[-1]
+    assert "SSL:" not in proc.stdout and "SSL:" in (out / "logs" / "train.log").read_text()
     summary = json.loads((out / "predictions" / "summary.json").read_text())
     assert len(summary["metric_per_case"]) == 2
     mean_dice = summary["foreground_mean"]["Dice"]

@@ -1,21 +1,20 @@
 """The evidence protocol's control arms: each changes only PL-QW's weight, and withheld labels reach
 nothing but that weight (and g's logged agreement), only in benchmark trainers."""
 import json
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import HIPPOCAMPUS, PHANTOM_ID, TRAINER_FROM_ARGV, nnunet_env, requires_hippocampus, run_cli
+from conftest import HIPPOCAMPUS, PHANTOM_DATASET, nnunet_env, requires_hippocampus, run_cli, run_trainer_checks
 
-# argv[3]: which weight the trainer must give ("oracle", "unweighted", "shuffled" or "g")
-CHECK = TRAINER_FROM_ARGV + textwrap.dedent("""
+# the body of check(trainer, args), run on the real trainers in one subprocess (conftest.run_trainer_checks);
+# args[0]: which weight the trainer must give ("oracle", "unweighted", "shuffled" or "g")
+CHECK = """
     from nnunet_qg.quality.dice import soft_dice_per_label
     from nnunet_qg.quality.training import one_hot_foreground
     from nnunet_qg.ssl_losses import per_sample_dice_ce, quality_weights, weighted_mean
-    kind = sys.argv[3]
+    kind = args[0]
     torch.manual_seed(0)
     x = torch.randn(4, 1, *trainer.configuration_manager.patch_size)
     trainer.quality.freeze()  # as after the warm-up
@@ -54,15 +53,22 @@ CHECK = TRAINER_FROM_ARGV + textwrap.dedent("""
     want = torch.autograd.grad(weighted_mean(losses, weights.detach()), out0)[0]
     assert torch.allclose(got, want, atol=1e-7)
     print("OK", kind, [round(float(w), 3) for w in weights])
-""")
+"""
+ARMS = [("nnUNetTrainerOraclePL", "oracle"), ("nnUNetTrainerUnweightedPL", "unweighted"),
+        ("nnUNetTrainerShuffledPL", "shuffled"), ("nnUNetTrainerQGSSL_PLQW", "g")]
 
 
-@pytest.mark.parametrize("trainer,kind", [("nnUNetTrainerOraclePL", "oracle"), ("nnUNetTrainerUnweightedPL", "unweighted"),
-                                          ("nnUNetTrainerShuffledPL", "shuffled"), ("nnUNetTrainerQGSSL_PLQW", "g")])
-def test_control_arm_changes_only_the_weight(phantom_env, tmp_path, trainer, kind):
-    result = run_cli([sys.executable, "-c", CHECK, trainer, f"Dataset{PHANTOM_ID:03d}_Phantom", kind], phantom_env,
-                     timeout=600, cwd=tmp_path)
-    assert f"OK {kind}" in result.stdout
+@pytest.fixture(scope="module")
+def checked(phantom_env, tmp_path_factory) -> dict:
+    """CHECK on every control arm of ARMS, in one subprocess."""
+    return run_trainer_checks(CHECK, [(t, PHANTOM_DATASET, kind) for t, kind in ARMS], phantom_env,
+                              tmp_path_factory.mktemp("control_checks"))
+
+
+@pytest.mark.parametrize("trainer,kind", ARMS)
+def test_control_arm_changes_only_the_weight(checked, trainer, kind):
+    result = checked[(trainer, PHANTOM_DATASET, kind)]
+    assert result == "OK", result
 
 
 def test_withheld_labels_only_in_benchmark_trainers():
@@ -117,6 +123,7 @@ def test_paired_summary_pairs_by_seed_with_a_t_interval():
     assert "minus_supervised" not in arms["supervised"] and "minus_unweighted" not in arms["unweighted_pl"]
 
 
+@pytest.mark.full
 @requires_hippocampus
 def test_evidence_tiny_profile_end_to_end(tmp_path):
     """The protocol's pipeline on real Hippocampus: 1 labelled case (fold all), withheld labels prepared,

@@ -30,13 +30,11 @@ assert "nnUNet_extTrainer" not in os.environ, os.environ["nnUNet_extTrainer"]
 """
 
 
-@pytest.fixture(scope="module")
-def trained(phantom_env, tmp_path_factory):
-    """A fold-0 model folder of nnUNetTrainerQGSSL_debug, in results of this module's own."""
-    env = {**phantom_env, "nnUNet_results": str(tmp_path_factory.mktemp("export_results"))}
-    run_cli(["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"], env)
-    model = Path(env["nnUNet_results"]) / DATASET / f"{TRAINER}__nnUNetPlans__3d_fullres"
-    return env, model
+@pytest.fixture
+def trained(trained_models):
+    """The session's fold-0 model folder of nnUNetTrainerQGSSL_debug (read only) and its environment."""
+    model = trained_models.get(TRAINER)
+    return model.env, model.fold.parent
 
 
 def stock_env(env: dict, root: Path) -> dict:
@@ -55,6 +53,7 @@ def segmentations(folder: Path) -> dict:
     return {p.name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in folder.glob("*.nii.gz")}
 
 
+@pytest.mark.full
 def test_stock_nnunet_predicts_the_export(trained, tmp_path):
     env, model = trained
     exported = tmp_path / "exported"

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from conftest import HIPPOCAMPUS, nnunet_env, plan_and_preprocess, requires_hippocampus, run_cli
@@ -30,6 +31,7 @@ def test_convert_10pct_split(tmp_path):
     assert dataset_json["labels"] == {"background": 0, "Anterior": 1, "Posterior": 2}
 
 
+@pytest.mark.full
 def test_hippocampus_subset_end_to_end(tmp_path):
     env = nnunet_env(tmp_path)
     run_cli(["nnUNetv2_convert_MSD_ssl", "-i", str(HIPPOCAMPUS), "-d", "4", "--split-file",

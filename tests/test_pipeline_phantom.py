@@ -3,17 +3,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import PHANTOM_ID, kill_after_first_checkpoint, run_cli
+from conftest import PHANTOM_ID, run_cli
 
 DATASET = f"Dataset{PHANTOM_ID:03d}_Phantom"
 TRAINER = "nnUNetTrainerSSL_debug"
-
-
-def _fold_dir(env) -> Path:
-    return Path(env["nnUNet_results"]) / DATASET / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
 
 
 def test_converter_writes_split_without_unlabelled_labels(phantom_env):
@@ -65,31 +62,35 @@ def test_changed_plans_are_detected_and_reprocessed(phantom_copy):
     assert "The plans changed" in proc.stdout and "re-processing all 6 cases" in proc.stdout
 
 
-def test_train_kill_resume_predict(phantom_env, tmp_path):
-    env = phantom_env
-    fold = _fold_dir(env)
-    cmd = ["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"]
-    kill_after_first_checkpoint(cmd, env, fold)  # mid-training
-    assert not (fold / "checkpoint_final.pth").is_file()
-    interrupted = torch.load(fold / "checkpoint_latest.pth", weights_only=False)
-    assert interrupted["current_epoch"] < 3
+# (trainer, epochs): QG-SSL in the fast tier, the plain semi-supervised trainer in the full tier
+KILLED_AND_RESUMED = [pytest.param("nnUNetTrainerQGSSL_debug", 4),
+                      pytest.param("nnUNetTrainerSSL_debug", 3, marks=pytest.mark.full)]
 
-    resumed = run_cli(cmd + ["--c"], env)
+
+@pytest.mark.parametrize("trainer, epochs", KILLED_AND_RESUMED)
+def test_train_kill_resume_predict(trained_models, tmp_path, trainer, epochs):
+    """The session's model of `trainer`: nnUNetv2_train killed after its first checkpoint, resumed with --c;
+    then nnUNetv2_predict."""
+    model = trained_models.get(trainer)
+    env, fold = model.env, model.fold
+    interrupted = torch.load(model.interrupted, weights_only=False)
+    assert interrupted["current_epoch"] < epochs  # killed mid-training
+
     assert not list(fold.glob("*.tmp-*"))
-    assert "Unlabelled data: 6 of 6 cases" in resumed.stdout
+    assert "Unlabelled data: 6 of 6 cases" in model.stdout
     final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
-    assert final["current_epoch"] == 3
-    # the teacher's step count survives the resume: 3 epochs x 3 iterations in total
-    assert int(final["ssl_state"]["teacher"]["num_updates"]) == 9
+    assert final["current_epoch"] == epochs
+    # the teacher's step count survives the resume: epochs x 3 iterations in total
+    assert int(final["ssl_state"]["teacher"]["num_updates"]) == 3 * epochs
     logged = final["logging"]
-    assert len(logged["ssl_loss_unlabeled"]) == 3 and all(np.isfinite(logged["ssl_loss_unlabeled"]))
+    assert len(logged["ssl_loss_unlabeled"]) == epochs and all(np.isfinite(logged["ssl_loss_unlabeled"]))
     assert (fold / "progress_ssl.png").is_file() and (fold / "progress.png").is_file()
     assert (fold / "validation" / "summary.json").is_file()
 
     raw = Path(env["nnUNet_raw"]) / DATASET
     out = tmp_path / "pred"
     run_cli(["nnUNetv2_predict", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(PHANTOM_ID),
-             "-c", "3d_fullres", "-f", "0", "-tr", TRAINER, "-device", "cpu", "--disable_tta",
+             "-c", "3d_fullres", "-f", "0", "-tr", trainer, "-device", "cpu", "--disable_tta",
              "-npp", "1", "-nps", "1"], env)
     for label_file in (raw / "labelsTs").iterdir():
         pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out / label_file.name)))

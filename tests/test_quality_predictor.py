@@ -118,6 +118,7 @@ def test_predictor_learns_on_phantom():
     assert learned["pearson"] > 0.5, learned
 
 
+@pytest.mark.full
 @requires_hippocampus
 def test_predictor_learns_on_real_hippocampus():
     learned, constant = _learns(_hippocampus_cases(14), steps=300)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PHANTOM_ID, kill_after_first_checkpoint, run_cli
+from conftest import PHANTOM_ID
 from nnunet_qg.quality.network import load_quality_predictor
 from nnunet_qg.quality_control.case_agreement import SELF_ESTIMATE, agreement_on_cases, pooled_agreement
 from nnunet_qg.quality_control.scoring import CaseScorer, QualityControlError
@@ -15,18 +15,17 @@ from nnunet_qg.trainers.nnUNetTrainerQGDrift import (DRIFT_PREDICTORS, DRIFT_VAR
 
 DATASET = f"Dataset{PHANTOM_ID:03d}_Phantom"
 TRAINER = "nnUNetTrainerQGWarmup_debug"  # 4 epochs x 3 iterations, warm-up = epochs 0 and 1
+pytestmark = pytest.mark.full  # trainings of their own; the fast tier's g is checked in test_quality_predictor.py
 
 
-def test_warmup_kill_resume_freeze_and_measure(phantom_env):
-    env = phantom_env
-    fold = Path(env["nnUNet_results"]) / DATASET / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
-    cmd = ["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"]
-    kill_after_first_checkpoint(cmd, env, fold)  # mid-training
-    interrupted = torch.load(fold / "checkpoint_latest.pth", weights_only=False)
+def test_warmup_kill_resume_freeze_and_measure(trained_models):
+    """The session's model: nnUNetv2_train killed after its first checkpoint, resumed with --c."""
+    model = trained_models.get(TRAINER)
+    fold = model.fold
+    interrupted = torch.load(model.interrupted, weights_only=False)
     assert interrupted["current_epoch"] == 1  # killed inside the warm-up (epochs 0 and 1)
     assert interrupted["ssl_state"]["quality"]["frozen"] is False
 
-    run_cli(cmd + ["--c"], env)
     final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
     quality = final["ssl_state"]["quality"]
     assert quality["frozen"] is True
@@ -48,11 +47,9 @@ def test_warmup_kill_resume_freeze_and_measure(phantom_env):
     assert logged["ssl_unlabeled_weight"][:2] == [0.0, 0.0] and logged["ssl_unlabeled_weight"][2] > 0
 
 
-def test_several_quality_steps_per_warmup_iteration(phantom_env):
+def test_several_quality_steps_per_warmup_iteration(trained_models):
     """quality_steps_per_iteration = 2: g's optimizer steps twice per warm-up iteration, then g is frozen."""
-    trainer = "nnUNetTrainerQGWarmup_debug2gSteps"
-    fold = Path(phantom_env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
-    run_cli(["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], phantom_env)
+    fold = trained_models.get("nnUNetTrainerQGWarmup_debug2gSteps").fold
     final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
     quality = final["ssl_state"]["quality"]
     assert quality["frozen"] is True
@@ -60,11 +57,9 @@ def test_several_quality_steps_per_warmup_iteration(phantom_env):
     assert np.isfinite(final["logging"]["qg_train_loss"][:2]).all()
 
 
-def test_warmup_measures_the_teacher_and_the_bias(phantom_env):
+def test_warmup_measures_the_teacher_and_the_bias(trained_models):
     """g is judged on the EMA teacher's predictions too (what PL-QW weights), with the bias logged."""
-    fold = Path(phantom_env["nnUNet_results"]) / DATASET / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
-    if not (fold / "checkpoint_final.pth").is_file():
-        run_cli(["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"], phantom_env)
+    fold = trained_models.get(TRAINER).fold
     logged = torch.load(fold / "checkpoint_final.pth", weights_only=False)["logging"]
     for kind in ("real", "teacher", "corrupted"):
         for metric in ("mae", "bias"):
@@ -80,12 +75,11 @@ def test_warmup_measures_the_teacher_and_the_bias(phantom_env):
     assert set(report) == {"real", "teacher", "corrupted", "epoch"}
 
 
-def test_drift_trainer_judges_quality_predictors_side_by_side(phantom_env):
+def test_drift_trainer_judges_quality_predictors_side_by_side(trained_models):
     """Nine g and the network's self-estimate on one network run; state survives in the checkpoint;
     every g is exported at the end and judged on whole held-out cases."""
-    trainer = "nnUNetTrainerQGDrift_debug"  # 4 epochs x 3 iterations, warm-up = epochs 0 and 1
-    fold = Path(phantom_env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
-    run_cli(["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], phantom_env)
+    model = trained_models.get("nnUNetTrainerQGDrift_debug")  # 4 epochs x 3 iterations, warm-up = epochs 0 and 1
+    fold = model.fold
     drift = json.loads((fold / "quality_drift.json").read_text())
     assert [e["epoch"] for e in drift["epochs"]] == [0, 1, 2, 3] and drift["warmup_epochs"] == 2
     for epoch in drift["epochs"]:
@@ -114,7 +108,7 @@ def test_drift_trainer_judges_quality_predictors_side_by_side(phantom_env):
         exported = load_quality_predictor(str(fold / drift_predictor_file(name))).state_dict()
         assert all(torch.equal(v, t["model"][k]) for k, v in exported.items())
 
-    raw = Path(phantom_env["nnUNet_raw"]) / DATASET
+    raw = Path(model.env["nnUNet_raw"]) / DATASET
     predictors = {name: load_quality_predictor(str(fold / drift_predictor_file(name))) for name in ("frozen", "belief")}
     assert predictors["belief"].uses_belief and not predictors["frozen"].uses_belief
     cases = agreement_on_cases(str(fold.parent), 0, "checkpoint_final.pth", str(raw / "imagesTs"),

@@ -4,14 +4,12 @@
 the unlabelled pass runs. nnU-Net normalises per instance, so the gradients must equal the joint
 pass's, with every unlabelled loss active; and the separate passes must need less memory.
 """
-import sys
-import textwrap
-
 import pytest
 
-from conftest import PHANTOM_ID, TRAINER_FROM_ARGV, run_cli
+from conftest import PHANTOM_DATASET, run_trainer_checks
 
-CHECK = TRAINER_FROM_ARGV + textwrap.dedent("""
+# the body of check(trainer, args), run on the real trainers in one subprocess (conftest.run_trainer_checks)
+CHECK = """
     from nnunet_qg.networks import highest_resolution
     from nnunet_qg.profiling import peak_tensor_bytes, profile_memory
     if hasattr(trainer, "quality"):  # as after the warm-up, every unlabelled loss on
@@ -62,11 +60,18 @@ CHECK = TRAINER_FROM_ARGV + textwrap.dedent("""
     with open(trainer.log_file) as f:
         assert "Out of GPU memory in the joint" in f.read()
     print("OK", joint[4], separate[4], float(diff / norm))
-""")
+"""
+TRAINERS = ["nnUNetTrainerQGSSL_debug", "nnUNetTrainerMeanTeacher_debug"]
 
 
-@pytest.mark.parametrize("trainer", ["nnUNetTrainerQGSSL_debug", "nnUNetTrainerMeanTeacher_debug"])
-def test_separate_passes_give_the_joint_gradients_with_less_memory(phantom_env, tmp_path, trainer):
-    result = run_cli([sys.executable, "-c", CHECK, trainer, f"Dataset{PHANTOM_ID:03d}_Phantom"], phantom_env,
-                     timeout=600, cwd=tmp_path)
-    assert "OK" in result.stdout
+@pytest.fixture(scope="module")
+def checked(phantom_env, tmp_path_factory) -> dict:
+    """CHECK on every trainer of TRAINERS, in one subprocess."""
+    return run_trainer_checks(CHECK, [(t, PHANTOM_DATASET) for t in TRAINERS], phantom_env,
+                              tmp_path_factory.mktemp("separate_checks"))
+
+
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_separate_passes_give_the_joint_gradients_with_less_memory(checked, trainer):
+    result = checked[(trainer, PHANTOM_DATASET)]
+    assert result == "OK", result

@@ -5,15 +5,16 @@ across the batch axis and ran without gradient, so the teacher's pseudo-labels w
 the Mean Teacher consistency never reached the student. Here the teacher is set equal to the
 student, so its probabilities must equal the student's softmax sample by sample.
 """
+import json
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 
-from conftest import PHANTOM_ID, TRAINER_FROM_ARGV, run_cli
+from conftest import PHANTOM_DATASET, PHANTOM_ID, REPO, run_cli, run_trainer_checks
 
-CHECK = TRAINER_FROM_ARGV + textwrap.dedent("""
+# the body of check(trainer, args), run on the real trainers in one subprocess (conftest.run_trainer_checks)
+CHECK = """
     from nnunet_qg.networks import highest_resolution, unwrap_network
     torch.manual_seed(0)
     x = torch.randn(3, 1, *trainer.configuration_manager.patch_size)  # three different samples
@@ -51,35 +52,33 @@ CHECK = TRAINER_FROM_ARGV + textwrap.dedent("""
     if quality_guided:
         assert all(p.grad is None for p in g.parameters()), "the unlabelled loss reached g's parameters"
     print("OK", float(loss))
-""")
+"""
+TRAINERS = ["nnUNetTrainerMeanTeacher_debug", "nnUNetTrainerQGSSL_debug", "nnUNetTrainerMTQW_debug"]
 
 
-@pytest.mark.parametrize("trainer", ["nnUNetTrainerMeanTeacher_debug", "nnUNetTrainerQGSSL_debug",
-                                     "nnUNetTrainerMTQW_debug"])
-def test_teacher_probabilities_per_sample_and_consistency_gradient(phantom_env, tmp_path, trainer):
-    # run outside the source tree, so the installed package (with its trainers) is the one imported
-    result = run_cli([sys.executable, "-c", CHECK, trainer, f"Dataset{PHANTOM_ID:03d}_Phantom"], phantom_env,
-                     timeout=600, cwd=tmp_path)
-    assert "OK" in result.stdout
+@pytest.fixture(scope="module")
+def checked(phantom_env, tmp_path_factory) -> dict:
+    """CHECK on every trainer of TRAINERS, in one subprocess."""
+    return run_trainer_checks(CHECK, [(t, PHANTOM_DATASET) for t in TRAINERS], phantom_env,
+                              tmp_path_factory.mktemp("teacher_checks"))
 
 
-def test_pseudo_label_check_reads_a_trained_fold_and_leaves_it_alone(phantom_copy, tmp_path):
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_teacher_probabilities_per_sample_and_consistency_gradient(checked, trainer):
+    result = checked[(trainer, PHANTOM_DATASET)]
+    assert result == "OK", result
+
+
+def test_pseudo_label_check_reads_a_trained_fold_and_leaves_it_alone(trained_models, tmp_path):
     """benchmarks/pseudo_label_check.py on a QG-SSL fold: a row per kind of patch, true Dice in range,
     and the fold folder untouched (no log, no rewritten checkpoint)."""
-    import json
-
-    from conftest import REPO
-
-    env = phantom_copy
-    run_cli(["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", "nnUNetTrainerQGSSL_debug", "-device", "cpu"],
-            env)
-    fold = (tmp_path / "nnUNet_results" / f"Dataset{PHANTOM_ID:03d}_Phantom" /
-            "nnUNetTrainerQGSSL_debug__nnUNetPlans__3d_fullres" / "fold_0")
+    model = trained_models.get("nnUNetTrainerQGSSL_debug")  # the session's model, read only
+    fold = model.fold
     before = {p.name: p.stat().st_mtime_ns for p in fold.iterdir()}
     out = tmp_path / "check.json"
     proc = run_cli([sys.executable, str(REPO / "benchmarks" / "pseudo_label_check.py"), "-d", str(PHANTOM_ID),
                     "-tr", "nnUNetTrainerQGSSL_debug", "--batches", "2", "--device", "cpu", "--out", str(out)],
-                   env, cwd=tmp_path)
+                   model.env, cwd=tmp_path)
     report = json.loads(out.read_text())
     rows = {r["patches"]: r for r in report["rows"]}
     assert rows["labelled"]["n"] == rows["unlabelled"]["n"] == 4  # 2 batches of 2

@@ -1,4 +1,7 @@
-"""Every semi-supervised trainer through the real nnUNetv2_train (train, --c, nnUNetv2_predict)."""
+"""Every semi-supervised trainer through the real nnUNetv2_train (train, --c, nnUNetv2_predict).
+
+Each trainer's model is trained once per session (conftest.TrainedModels); the fast tier reads QG-SSL's,
+the full tier every trainer's and also resumes each finished run with --c and predicts with it."""
 import math
 from pathlib import Path
 
@@ -7,27 +10,27 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import PHANTOM_ID, run_cli
+from conftest import PHANTOM_DATASET, PHANTOM_ID, run_cli
 from nnunet_qg.quality.network import QUALITY_PREDICTOR_FILE, load_quality_predictor
 
-DATASET = f"Dataset{PHANTOM_ID:03d}_Phantom"
+DATASET = PHANTOM_DATASET
+FAST = "nnUNetTrainerQGSSL_debug"  # the trainer of the fast tier
 TRAINERS = ["nnUNetTrainerQGSSL_debug", "nnUNetTrainerQGSSL_PLQW_debug", "nnUNetTrainerQGSSL_QAR_debug",
             "nnUNetTrainerMTQW_debug", "nnUNetTrainerMeanTeacher_debug", "nnUNetTrainerFixMatch_debug",
             "nnUNetTrainerQGSSL_gFrozen_debug", "nnUNetTrainerQGSSL_lowMemory_debug"]
 
 
-@pytest.mark.parametrize("trainer", TRAINERS)
-def test_trainer_end_to_end(phantom_env, tmp_path, trainer):
-    env = phantom_env
-    cmd = ["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"]
-    run_cli(cmd, env)
-    fold = Path(env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
-    first = torch.load(fold / "checkpoint_final.pth", weights_only=False)
-    resumed = run_cli(cmd + ["--c"], env)  # finished run: loads every state and re-validates
-    assert "Training done." in resumed.stdout
+def _tiered(trainers):
+    """FAST in the fast tier, the others in the full tier."""
+    return [pytest.param(t, marks=() if t == FAST else pytest.mark.full) for t in trainers]
+
+
+@pytest.mark.parametrize("trainer", _tiered(TRAINERS))
+def test_trainer_trains_every_loss(trained_models, trainer):
+    """The session's model of `trainer`: its logged losses, weights and g (read only)."""
+    fold = trained_models.get(trainer).fold
     final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
-    assert final["current_epoch"] == first["current_epoch"] == 4
-    assert torch.equal(final["ssl_state"]["teacher"]["num_updates"], first["ssl_state"]["teacher"]["num_updates"])
+    assert final["current_epoch"] == 4
     log = final["logging"]
     unlabeled = log["ssl_loss_unlabeled"]
     assert np.isfinite(unlabeled).all()
@@ -57,6 +60,22 @@ def test_trainer_end_to_end(phantom_env, tmp_path, trainer):
     if trainer == "nnUNetTrainerFixMatch_debug":
         assert log["ssl_pseudo_label_kept"][-1] > 0  # the teacher is confident somewhere (its loss is > 0 above)
     assert (fold / "progress_ssl.png").is_file()
+
+
+@pytest.mark.full
+@pytest.mark.parametrize("trainer", TRAINERS)
+def test_trainer_resumes_a_finished_run_and_predicts(trained_models, tmp_path, trainer):
+    """--c on a finished run (a copy of the session's model) loads every state and re-validates; then
+    nnUNetv2_predict (and for QG-SSL the EMA teacher exported as a network)."""
+    env = trained_models.get(trainer).copy_to(tmp_path)
+    fold = Path(env["nnUNet_results"]) / DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
+    first = torch.load(fold / "checkpoint_final.pth", weights_only=False)
+    cmd = ["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu", "--c"]
+    resumed = run_cli(cmd, env)  # finished run: loads every state and re-validates
+    assert "Training done." in resumed.stdout
+    final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
+    assert final["current_epoch"] == first["current_epoch"] == 4
+    assert torch.equal(final["ssl_state"]["teacher"]["num_updates"], first["ssl_state"]["teacher"]["num_updates"])
 
     raw = Path(env["nnUNet_raw"]) / DATASET
     checkpoints = ["checkpoint_final.pth"]

@@ -23,9 +23,7 @@ from nnunet_qg.trainers.nnUNetTrainer_evidence import (nnUNetTrainer_evidence, n
                                                        nnUNetTrainerShuffledPL_evidence, nnUNetTrainerUnweightedPL_evidence,
                                                        nnUNetTrainer_evidenceTiny, nnUNetTrainerOraclePL_evidenceTiny,
                                                        nnUNetTrainerUnweightedPL_evidenceTiny)
-from nnunet_qg.trainers import nnUNetTrainer_benchmark as _benchmark
+from nnunet_qg.trainers.nnUNetTrainer_benchmark import *  # noqa: F401,F403  (the <trainer>_<budget> variants)
 from nnunet_qg.trainers.nnUNetTrainerSSL_short import nnUNetTrainerSSL_debug, nnUNetTrainerSSL_demo
 
-globals().update({n: c for n, c in vars(_benchmark).items() if n.startswith('nnUNetTrainer') and '_' in n
-                  and c.__module__ == _benchmark.__name__})
 __all__ = sorted(name for name, obj in dict(globals()).items() if name.startswith("nnUNetTrainer") and isinstance(obj, type))

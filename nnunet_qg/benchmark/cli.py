@@ -24,9 +24,10 @@ from nnunet_qg import pipeline
 from nnunet_qg.atomic import atomic_write_json, atomic_write_text
 from nnunet_qg.benchmark.device import describe_device
 from nnunet_qg.benchmark.profiles import ARMS, GENERATED_SPLITS, PROFILES, UPPER_BOUND, Profile
-from nnunet_qg.benchmark.paired import paired_summary, paired_table, plot_paired, source_commit
+from nnunet_qg.benchmark.paired import (diagnostics, diagnostics_table, paired_summary, paired_table, plot_paired,
+                                        source_commit)
 from nnunet_qg.benchmark.report import markdown_table, plot_bars, plot_curves, summarise
-from nnunet_qg.benchmark.runner import Job, dataset_ids, prepare_datasets, run_jobs
+from nnunet_qg.benchmark.runner import Job, dataset_ids, prepare_datasets, read_training_log, run_jobs
 from nnunet_qg.dataset_conversion.input_checks import count, dataset_id, positive_count, seed
 from nnunet_qg.dataset_conversion.ssl_dataset import write_split_file
 
@@ -69,8 +70,10 @@ def write_paired_results(rows: List[dict], out: str, meta: dict) -> str:
     summary = paired_summary(rows, meta["profile"], meta["device"], meta["commit"])
     summary.update(date=meta["date"], dataset=meta["dataset"], fractions=meta["fractions"],
                    configuration=meta["configuration"], fold=meta["fold"], seed=meta["seed"])
+    summary["diagnostics"] = diagnostics(rows)
     atomic_write_json(summary, join(out, "evidence_summary.json"))
-    table = paired_table(summary)
+    table = (paired_table(summary) + "\n\nWhich link holds (each figure: mean over the second half of the epochs, "
+             "then over runs):\n\n" + diagnostics_table(summary["diagnostics"]))
     atomic_write_text(f"Profile `{meta['profile']}`, {meta['device']}, {meta['date']}, commit {meta['commit']}; "
                       f"test Dice on {meta['test_cases']} held-out cases, last checkpoint; differences paired "
                       f"by seed.\n\n{table}\n", join(out, "evidence_paired.md"))
@@ -99,6 +102,23 @@ def write_results(rows: List[dict], out: str, meta: dict) -> str:
     return table
 
 
+def rewrite_report(out: str) -> None:
+    """`--report`: the tables, plots and summaries of an earlier run of `out` again, with today's code (each
+    finished run's training figures re-read from its model folder)."""
+    results = join(out, "ssl_benchmark.json")
+    if not isfile(results):
+        raise SystemExit(f"ERROR: {results} not found. --report rewrites the report of a run that wrote it; "
+                         f"check -o.")
+    with open(results) as f:
+        saved = json.load(f)
+    rows = saved.pop("runs")
+    saved.pop("summary", None)
+    for row in rows:
+        if "error" not in row and isfile(join(row.get("model_folder", ""), "checkpoint_final.pth")):
+            row.update(read_training_log(row["model_folder"]))
+    print(write_results(rows, out, saved))
+
+
 def ordered_jobs(profile: Profile, ids: Dict[str, int]) -> List[Job]:
     """Run by run, so that the runs finished so far are paired. The arms with every run (and the first run
     of the upper bound) come before the arms with fewer runs, so that the main comparison gets its seeds
@@ -114,7 +134,8 @@ def ordered_jobs(profile: Profile, ids: Dict[str, int]) -> List[Job]:
 
 def entry_point() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("-i", required=True, help="MSD-style folder with ssl_splits.json (e.g. ../shared/data/hippocampus)")
+    parser.add_argument("-i", help="MSD-style folder with ssl_splits.json (e.g. ../shared/data/hippocampus); "
+                                   "required unless --report")
     parser.add_argument("-o", default="benchmark_results/ssl", help="output folder (results, logs, nnU-Net folders)")
     parser.add_argument("--profile", choices=sorted(PROFILES), default="cpu-small")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=None, help="default: the profile's arms")
@@ -133,7 +154,14 @@ def entry_point() -> None:
                         help="go on with an earlier run of the same -o (e.g. one cut off by a time limit): "
                              "prepared datasets and finished arms are kept, interrupted arms continue from "
                              "their latest checkpoint (nnUNetv2_train --c), every arm is predicted and evaluated")
+    parser.add_argument("--report", action="store_true",
+                        help="only rewrite the report of the run in -o (tables, plots, evidence_summary.json) "
+                             "with today's code; trains nothing")
     args = parser.parse_args()
+    if args.report:
+        return rewrite_report(abspath(args.o))
+    if args.i is None:
+        parser.error("the following arguments are required: -i (unless --report)")
 
     profile = PROFILES[args.profile]
     overrides = {k: v for k, v in (("arms", tuple(args.arms) if args.arms else None),

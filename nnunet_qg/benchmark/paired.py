@@ -63,6 +63,44 @@ def paired_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+# what says which link of quality guidance fails: curve name (runner.CURVES) -> column
+DIAGNOSTICS = {"validation pseudo-Dice": "student val Dice",
+               "EMA teacher validation pseudo-Dice": "teacher val Dice",
+               "pseudo-labels: true Dice (withheld labels)": "pseudo-label true Dice",
+               "g vs true Dice of pseudo-labels: Pearson": "g-truth Pearson",
+               "g minus true Dice of pseudo-labels (bias)": "g bias",
+               "quality weights: effective sample size": "weight ESS (of B)"}
+
+
+def diagnostics(rows: List[dict], last_fraction: float = 0.5) -> Dict[str, Dict[str, Optional[float]]]:
+    """Per arm, each logged figure of DIAGNOSTICS averaged over the last `last_fraction` of the epochs of
+    each run (finite values only), then over its runs; None where the arm does not log it."""
+    out: Dict[str, Dict[str, Optional[float]]] = {}
+    for arm in sorted({r["arm"] for r in rows if "error" not in r}, key=list(ARMS).index):
+        figures = {}
+        for curve, column in DIAGNOSTICS.items():
+            per_run = []
+            for r in rows:
+                values = np.asarray(r.get("curves", {}).get(curve, []) if r["arm"] == arm and "error" not in r
+                                    else [], float)
+                values = values[int(len(values) * (1 - last_fraction)):]
+                values = values[np.isfinite(values)]
+                if len(values):
+                    per_run.append(float(values.mean()))
+            figures[column] = float(np.mean(per_run)) if per_run else None
+        out[arm] = figures
+    return out
+
+
+def diagnostics_table(figures: Dict[str, Dict[str, Optional[float]]]) -> str:
+    """Markdown of diagnostics(): one row per arm."""
+    columns = list(DIAGNOSTICS.values())
+    lines = ["| arm | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for arm, f in figures.items():
+        lines.append(f"| {arm} | " + " | ".join("" if f[c] is None else f"{f[c]:.3f}" for c in columns) + " |")
+    return "\n".join(lines)
+
+
 def plot_paired(summary: dict, filename: str, title: str) -> None:
     """Two panels (minus supervised, minus unweighted PL): each arm's paired differences (dots) and mean
     with its 95 % interval (bar)."""

@@ -19,6 +19,8 @@ ARMS: Dict[str, str] = {
     "shuffled_pl": "nnUNetTrainerShuffledPL",  # g's weights permuted within the batch
     "pl_qw_batch_size": "nnUNetTrainerQGSSL_PLQWbatchSize",  # PL-QW normalised by B, not by sum w
 }
+CONTROL_ARMS = ("unweighted_pl", "oracle_pl", "shuffled_pl", "pl_qw_batch_size")  # the evidence budget only
+STANDARD_ARMS = tuple(a for a in ARMS if a not in CONTROL_ARMS)  # every budget of nnUNetTrainer_benchmark
 LOWER_BOUND, UPPER_BOUND = "supervised", "full_supervision"
 # 2D sources have no split file of their own: the benchmark writes one (seeded) with these sizes
 GENERATED_SPLITS = {"ph2": {"num_test": 50, "labelled_sets": {"20labelled": 20}, "seed": 0}}
@@ -45,7 +47,7 @@ class Profile:
     configuration: str = "3d_fullres"
     source_format: str = "msd"  # see runner.CONVERTERS
     repeats: int = 1
-    arms: Tuple[str, ...] = tuple(ARMS)
+    arms: Tuple[str, ...] = STANDARD_ARMS
     seed: Optional[int] = None  # run r of every arm trains with nnUNet_qg_seed = seed + r (None: unseeded)
     arm_repeats: Dict[str, int] = field(default_factory=dict)  # fewer runs for some arms (runs 0..k-1)
     fold: str = "0"  # "all" where the labelled cases are too few for nnU-Net's 5-fold split

@@ -92,7 +92,8 @@ CURVES = {"supervised training loss": ("ssl_loss_supervised", "train_losses"),
           "EMA teacher validation pseudo-Dice": ("ssl_teacher_val_dice",),
           "quality weights: effective sample size": ("ssl_quality_weight_ess",),
           "pseudo-labels: true Dice (withheld labels)": ("ssl_pseudo_label_true_dice",),
-          "g vs true Dice of pseudo-labels: Pearson": ("ssl_quality_true_pearson",)}
+          "g vs true Dice of pseudo-labels: Pearson": ("ssl_quality_true_pearson",),
+          "g minus true Dice of pseudo-labels (bias)": ("ssl_quality_true_bias",)}
 
 
 def read_training_log(fold_folder: str) -> dict:

@@ -45,3 +45,17 @@ def finite_mean(values) -> float:
     values = np.asarray(values, dtype=float)
     finite = values[np.isfinite(values)]
     return float(finite.mean()) if finite.size else float("nan")
+
+
+def detection_auroc(predicted: np.ndarray, true: np.ndarray, below: float) -> float:
+    """How well low predicted Dice finds the cases whose true Dice is below `below`: the probability that
+    such a case scores lower than a case at or above it (ties count half; the area under the ROC curve of
+    -predicted as a detector). nan when either group is empty."""
+    predicted, true = np.asarray(predicted, float), np.asarray(true, float)
+    failed, fine = predicted[true < below], predicted[true >= below]
+    if not len(failed) or not len(fine):
+        return float("nan")
+    ranks = stats.rankdata(np.concatenate([failed, fine]))
+    # Mann-Whitney U of the failed cases' scores being lower: count pairs where failed < fine
+    u_fine_higher = ranks[len(failed):].sum() - len(fine) * (len(fine) + 1) / 2
+    return float(u_fine_higher / (len(failed) * len(fine)))

@@ -92,8 +92,8 @@ class CaseScorer:
         if belief is None and any(m.uses_belief for m in models):
             raise QualityControlError(
                 f"The quality predictor of {self.model_folder} reads the segmentation network's softmax "
-                f"(built with belief=True or self_estimate=True); score it with "
-                f"nnunet_qg.quality_control.case_agreement, which predicts that softmax, or use a g without them.")
+                f"(built with belief=True or self_estimate=True): pass `belief`, as nnUNetv2_predict_quality "
+                f"(quality_control.signals) and case_agreement do, which predict that softmax.")
         # pads the trailing (spatial) axes up to the patch size where the case is smaller
         data = pad_nd_image(data, self.patch_size, "constant", {"constant_values": 0})
         seg = pad_nd_image(np.maximum(seg, 0), self.patch_size, "constant", {"constant_values": 0})
@@ -136,8 +136,12 @@ def label_volumes(seg: np.ndarray, spacing: Sequence[float], labels: Sequence[in
     return {l: float((seg == l).sum()) * voxel for l in labels}
 
 
-def case_ids_and_images(folder: str, file_ending: str, num_channels: int) -> Dict[str, List[str]]:
-    """nnU-Net's naming: case_XXXX<ending>, one file per channel; a clear error for anything else."""
+def case_ids_and_images(folder: str, file_ending: str, num_channels: Optional[int] = None) -> Dict[str, List[str]]:
+    """nnU-Net's naming: case_XXXX<ending>; a clear error for a folder without such files.
+
+    The number of files per case is not checked here: one file may hold several channels (an RGB PNG holds
+    the three channels of nnU-Net's NaturalImage2DIO), so the channels are counted when the images are read
+    (check_channels). `num_channels` is kept for callers that passed it."""
     from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder, \
         get_identifiers_from_splitted_dataset_folder
 
@@ -147,11 +151,16 @@ def case_ids_and_images(folder: str, file_ending: str, num_channels: int) -> Dic
     if not ids:
         raise QualityControlError(f"No images named CASE_0000{file_ending} in {folder} (nnU-Net's naming).")
     files = create_lists_from_splitted_dataset_folder(folder, file_ending, ids)
-    for case, case_files in zip(ids, files):
-        if len(case_files) != num_channels:
-            raise QualityControlError(f"Case {case} in {folder} has {len(case_files)} channel file(s), the model "
-                                      f"expects {num_channels} (CASE_0000{file_ending} ... ).")
     return dict(zip(ids, files))
+
+
+def check_channels(case: str, files: Sequence[str], data: np.ndarray, expected: int, file_ending: str) -> None:
+    """The images of a case, as the model's reader read them, must hold the model's channels."""
+    if data.shape[0] != expected:
+        raise QualityControlError(
+            f"Case {case} ({', '.join(files)}) holds {data.shape[0]} channel(s) as read by the model's image reader, "
+            f"the model expects {expected} (dataset.json's channel_names): give one file per channel "
+            f"(CASE_0000{file_ending}, CASE_0001{file_ending}, ...) or one file holding them all (an RGB image).")
 
 
 def segmentation_file_for(case: str, folder: str, file_ending: str) -> str:
@@ -163,10 +172,20 @@ def segmentation_file_for(case: str, folder: str, file_ending: str) -> str:
 
 
 def model_folder_of(dataset: str, trainer: str, plans: str, configuration: str) -> str:
+    """The trained model's folder; a clear error for a dataset nnU-Net does not know and a missing model."""
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
-    folder = get_output_folder(maybe_convert_to_dataset_name(dataset), trainer, plans, configuration)
+    results = os.environ.get("nnUNet_results", "")
+    try:
+        name = maybe_convert_to_dataset_name(dataset)
+    except (RuntimeError, ValueError, AssertionError) as e:
+        known = sorted(d for d in os.listdir(results) if d.startswith("Dataset")) if os.path.isdir(results) else []
+        reason = "more than one dataset has this id" if "More than one" in str(e) else "not found"
+        raise QualityControlError(
+            f"Dataset '{dataset}' ({reason}): -d takes a dataset id (e.g. 4) or name (Dataset004_Hippocampus) "
+            f"of a trained model in nnUNet_results ({results}); there: {', '.join(known) or 'none'}.") from None
+    folder = get_output_folder(name, trainer, plans, configuration)
     if not os.path.isdir(folder):
         raise QualityControlError(f"Model folder {folder} not found: check -d/-tr/-p/-c and nnUNet_results.")
     return folder
