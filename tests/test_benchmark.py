@@ -78,6 +78,21 @@ def test_benchmark_pipeline_two_arms(tmp_path):
     assert rerun["qg_ssl"]["train_wall_s"] == qg["train_wall_s"]  # kept: its one finished call
     assert rerun["qg_ssl"]["resumed"] is False  # kept, trained in one call
 
+    # --ledger: finished runs kept in one file go on in a fresh output folder without training again
+    ledger = tmp_path / "ledger.json"
+    first = run_cli(["nnUNetv2_qg_benchmark", "-i", str(source), "--profile", "tiny", "--fractions", "tiny",
+                     "-o", str(out), "-d", "720", "--seed", "0", "--continue", "--ledger", str(ledger)], env,
+                    timeout=1500)
+    assert "0 run(s) found in the ledger" in first.stdout
+    fresh = tmp_path / "bench_fresh"
+    second = run_cli(["nnUNetv2_qg_benchmark", "-i", str(source), "--profile", "tiny", "--fractions", "tiny",
+                      "-o", str(fresh), "-d", "720", "--seed", "0", "--ledger", str(ledger)], env, timeout=1500)
+    assert "2 run(s) found in the ledger" in second.stdout and "0 to run" in second.stdout
+    from_ledger = {r["arm"]: r for r in json.loads((fresh / "ssl_benchmark.json").read_text())["runs"]}
+    assert from_ledger["qg_ssl"]["dice"] == qg["dice"] and from_ledger["qg_ssl"]["from_ledger"]
+    assert not list((fresh / "work").glob("nnUNet_results_r0/*/*/fold_*"))  # nothing trained there
+    assert (fresh / "evidence_summary.json").is_file()
+
 
 @pytest.mark.full
 @pytest.mark.parametrize("trainer", ["nnUNetTrainer_benchTiny", "nnUNetTrainerQGSSL_benchTiny"])

@@ -78,3 +78,32 @@ def test_report_without_a_run_names_the_missing_file(tmp_path):
     proc = run_cli(["nnUNetv2_qg_benchmark", "--report", "-o", str(tmp_path)], nnunet_env(tmp_path / "nn"),
                    check=False)
     assert proc.returncode != 0 and "ssl_benchmark.json not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_ledger_keeps_finished_runs_by_profile_arm_fraction_seed(tmp_path):
+    """--ledger: a finished run is kept once per (profile, arm, labelled set, seed), with its commit; a rerun
+    replaces it; failed runs and other profiles are not taken."""
+    from nnunet_qg.benchmark.ledger import add_to_ledger, ledger_rows
+
+    path = str(tmp_path / "results" / "ledger.json")
+    assert ledger_rows(path, "evidence") == {}  # no file yet: nothing finished
+    row = {"arm": "pl_qw", "fraction": "1labelled", "seed": 3, "dice": 0.61}
+    add_to_ledger(path, "evidence", row, "abc1234")
+    add_to_ledger(path, "evidence", {**row, "arm": "supervised", "dice": 0.60}, "abc1234")
+    add_to_ledger(path, "evidence", {**row, "dice": 0.65}, "def5678")  # the same run again: replaced
+    add_to_ledger(path, "evidence", {**row, "seed": 4, "error": "train failed"}, "def5678")  # not kept
+    add_to_ledger(path, "tiny", {**row, "dice": 0.1}, "def5678")
+    kept = ledger_rows(path, "evidence")
+    assert set(kept) == {("evidence", "pl_qw", "1labelled", 3), ("evidence", "supervised", "1labelled", 3)}
+    assert kept[("evidence", "pl_qw", "1labelled", 3)]["dice"] == 0.65
+    assert kept[("evidence", "pl_qw", "1labelled", 3)]["commit"] == "def5678"
+    assert ledger_rows(path, "tiny")[("tiny", "pl_qw", "1labelled", 3)]["dice"] == 0.1
+
+
+def test_damaged_ledger_stops_with_its_name(tmp_path):
+    from nnunet_qg.benchmark.ledger import ledger_rows
+
+    path = tmp_path / "ledger.json"
+    path.write_text('{"runs": [')
+    with pytest.raises(SystemExit, match="ledger.json cannot be read"):
+        ledger_rows(str(path), "evidence")

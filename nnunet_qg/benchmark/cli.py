@@ -23,6 +23,7 @@ from typing import Dict, List
 from nnunet_qg import pipeline
 from nnunet_qg.atomic import atomic_write_json, atomic_write_text
 from nnunet_qg.benchmark.device import describe_device
+from nnunet_qg.benchmark.ledger import add_to_ledger, ledger_rows
 from nnunet_qg.benchmark.profiles import ARMS, GENERATED_SPLITS, PROFILES, UPPER_BOUND, Profile
 from nnunet_qg.benchmark.paired import (diagnostics, diagnostics_table, paired_summary, paired_table, plot_paired,
                                         source_commit)
@@ -71,6 +72,7 @@ def write_paired_results(rows: List[dict], out: str, meta: dict) -> str:
     summary.update(date=meta["date"], dataset=meta["dataset"], fractions=meta["fractions"],
                    configuration=meta["configuration"], fold=meta["fold"], seed=meta["seed"])
     summary["diagnostics"] = diagnostics(rows)
+    summary["run_commits"] = sorted({r.get("commit", meta["commit"]) for r in rows if "error" not in r})
     atomic_write_json(summary, join(out, "evidence_summary.json"))
     table = (paired_table(summary) + "\n\nWhich link holds (each figure: mean over the second half of the epochs, "
              "then over runs):\n\n" + diagnostics_table(summary["diagnostics"]))
@@ -154,6 +156,10 @@ def entry_point() -> None:
                         help="go on with an earlier run of the same -o (e.g. one cut off by a time limit): "
                              "prepared datasets and finished arms are kept, interrupted arms continue from "
                              "their latest checkpoint (nnUNetv2_train --c), every arm is predicted and evaluated")
+    parser.add_argument("--ledger", default=None,
+                        help="seeded profiles: a JSON file of finished runs (e.g. benchmarks/results/"
+                             "evidence_ledger.json). A run (profile, arm, labelled set, seed) found there is not "
+                             "trained again; each run that finishes is added. Commit it to go on in another session")
     parser.add_argument("--report", action="store_true",
                         help="only rewrite the report of the run in -o (tables, plots, evidence_summary.json) "
                              "with today's code; trains nothing")
@@ -200,7 +206,22 @@ def entry_point() -> None:
             "arm_repeats": {a: profile.runs_of(a) for a in profile.arms}, "commit": source_commit()}
     print(f"[2/3] Training, predicting and evaluating {len(jobs)} run(s), {profile.concurrency} at a time "
           f"({profile.budget} budget, {profile.device})", flush=True)
-    rows = run_jobs(jobs, profile, env, work, lambda rows: write_results(rows, out, meta), args.resume)
+    known: List[dict] = []
+    if args.ledger:
+        if profile.seed is None:
+            parser.error("--ledger needs a seeded profile (or --seed): runs are kept by their seed")
+        in_ledger = ledger_rows(abspath(args.ledger), profile.name)
+        keys = {j: (profile.name, j.arm, j.fraction, profile.seed + j.repeat) for j in jobs}
+        known = [{**in_ledger[keys[j]], "from_ledger": True} for j in jobs if keys[j] in in_ledger]
+        jobs = [j for j in jobs if keys[j] not in in_ledger]
+        print(f"  {len(known)} run(s) found in the ledger {args.ledger}, {len(jobs)} to run", flush=True)
+
+    def on_result(new_rows: List[dict]) -> None:
+        if args.ledger:
+            add_to_ledger(abspath(args.ledger), profile.name, new_rows[-1], meta["commit"])
+        write_results(known + new_rows, out, meta)
+
+    rows = known + run_jobs(jobs, profile, env, work, on_result, args.resume)
     meta["total_s"] = time.time() - started
     print(f"[3/3] Results in {out} (ssl_benchmark.json/.md/.png), {meta['total_s']:.0f} s in all\n", flush=True)
     print(write_results(rows, out, meta))
