@@ -1,8 +1,8 @@
 """Packaging for nnunet-qg.
 
-`trainers/` and `dataset_conversion/` live at the top of the repository but install as
-`nnunet_qg.trainers` and `nnunet_qg.dataset_conversion`, so site-packages gets no generic
-top-level names. A small `nnunet_qg_ext_trainer.pth` file registers our trainer folder in
+`trainers/`, `dataset_conversion/` and `experiments/` live at the top of the repository but install as
+`nnunet_qg.trainers`, `nnunet_qg.dataset_conversion` and `nnunet_qg.experiments`, so site-packages gets
+no generic top-level names. A small `nnunet_qg_ext_trainer.pth` file registers our trainer folder in
 nnU-Net's `nnUNet_extTrainer` variable at interpreter start (appending to a user's value).
 """
 import os
@@ -34,12 +34,14 @@ setup(
     long_description=open("README.md").read() if os.path.isfile("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["nnunet_qg", "nnunet_qg.trainers", "nnunet_qg.dataset_conversion"]
-    + ["nnunet_qg." + p for p in find_packages("nnunet_qg")],
+    packages=["nnunet_qg", "nnunet_qg.trainers", "nnunet_qg.dataset_conversion", "nnunet_qg.experiments"]
+    + ["nnunet_qg." + p for p in find_packages("nnunet_qg")]
+    + ["nnunet_qg.experiments." + p for p in find_packages("experiments")],
     package_dir={
         "nnunet_qg": "nnunet_qg",
         "nnunet_qg.trainers": "trainers",
         "nnunet_qg.dataset_conversion": "dataset_conversion",
+        "nnunet_qg.experiments": "experiments",
     },
     # torch is deliberately not pinned: users install the build that fits their GPU first.
     install_requires=[

@@ -42,8 +42,8 @@ from nnunet_qg.quality.network import load_quality_predictor  # noqa: E402
 from nnunet_qg.quality_control.case_agreement import (SELF_ESTIMATE, agreement_on_cases,  # noqa: E402
                                                       label_names, pooled_agreement, true_dice_spread,
                                                       without_pairs)
-from nnunet_qg.trainers.nnUNetTrainerQGDrift import (DRIFT_PREDICTORS, DRIFT_VARIANTS,  # noqa: E402
-                                                     drift_predictor_file, drift_stage_checkpoint)
+from nnunet_qg.experiments.trainers.nnUNetTrainerQGDrift import (DRIFT_PREDICTORS, DRIFT_VARIANTS,  # noqa: E402
+                                                                 drift_predictor_file, drift_stage_checkpoint)
 from common import (device_description, hippocampus_arguments, hippocampus_environment,  # noqa: E402
                     prepare_hippocampus, print_table, train_fold0, write_json)
 

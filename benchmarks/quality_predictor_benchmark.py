@@ -63,7 +63,7 @@ def measure_cost(preprocessed: str, device: torch.device, batch_size: int) -> di
     stage) and of the segmentation network, on the plans' patch and batch."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunet_qg.quality.network import QualityPredictor
+    from nnunet_qg.experiments.quality import research_quality_predictor
 
     plans = PlansManager(join(preprocessed, "nnUNetPlans.json"))
     cm = plans.get_configuration("3d_fullres")
@@ -77,7 +77,7 @@ def measure_cost(preprocessed: str, device: torch.device, batch_size: int) -> di
             "seg_params": sum(p.numel() for p in seg.parameters()), "seg_fwd_bwd_s": time_fwd_bwd(seg, (x,), device),
             "seg_fwd_bwd_gflops": count_flops(seg, (x,)) / 1e9}
     for name, full in (("g", False), ("g_full_resolution", True)):
-        g = QualityPredictor(1, len(labels.foreground_labels), cm.patch_size, full_resolution=full).to(device)
+        g = research_quality_predictor(1, len(labels.foreground_labels), cm.patch_size, full_resolution=full).to(device)
         cost[f"{name}_params"] = sum(p.numel() for p in g.parameters())
         cost[f"{name}_fwd_bwd_s"] = time_fwd_bwd(g, (x, m), device)
         cost[f"{name}_fwd_bwd_gflops"] = count_flops(g, (x, m)) / 1e9

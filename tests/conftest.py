@@ -113,6 +113,15 @@ def run_trainer_checks(body: str, jobs: Sequence[Sequence[str]], env: Dict[str, 
     return {tuple(job): results.get(tuple(job), missing) for job in jobs}
 
 
+def trainer_checks_fixture(body: str, jobs: Sequence[Sequence[str]], folder: str):
+    """A module-scoped fixture: job -> run_trainer_checks' result of `body` on every job (trainer, dataset,
+    *args) of the phantom, in one subprocess (working folder `folder` under pytest's temporary root)."""
+    @pytest.fixture(scope="module")
+    def checked(phantom_env, tmp_path_factory) -> Dict[tuple, str]:
+        return run_trainer_checks(body, jobs, phantom_env, tmp_path_factory.mktemp(folder))
+    return checked
+
+
 def nnunet_env(root: Path) -> Dict[str, str]:
     """Environment with nnU-Net folders under `root` and settings for a 2-core CPU machine."""
     env = dict(os.environ)

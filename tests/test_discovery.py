@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import nnunetv2
 
@@ -48,6 +49,25 @@ def test_stock_lookup_returns_the_same_class_object():
     assert result["nnUNetTrainerSSL"] == [True, "nnunet_qg.trainers.nnUNetTrainerSSL"]
     assert result["nnUNetTrainerSSL_debug"][0] is True
     assert result["copies"] == []
+
+
+def test_research_trainers_are_found_but_not_shipped():
+    """The research trainers (nnunet_qg.experiments) are found by name, as the benchmarks that train them need;
+    the shipped trainers and quality control never import that package."""
+    code = textwrap.dedent("""
+        import json, sys
+        import nnunet_qg.trainers, nnunet_qg.quality_control.cli
+        imported = sorted(m for m in sys.modules if m.startswith('nnunet_qg.experiments'))
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as find
+        from nnunet_qg.experiments import trainers as experiments
+        names = ('nnUNetTrainerQGDrift_debug', 'nnUNetTrainerQGWarmup_debug2gSteps')
+        found = {n: [find(n) is getattr(experiments, n), n in nnunet_qg.trainers.__all__] for n in names}
+        print(json.dumps({'imported': imported, 'found': found}))
+        """)
+    result = json.loads(_python(code, {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}))
+    assert result["imported"] == []
+    assert result["found"] == {"nnUNetTrainerQGDrift_debug": [True, False],
+                               "nnUNetTrainerQGWarmup_debug2gSteps": [True, False]}
 
 
 def test_nothing_written_into_nnunetv2():

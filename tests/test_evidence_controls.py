@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import HIPPOCAMPUS, PHANTOM_DATASET, nnunet_env, requires_hippocampus, run_cli, run_trainer_checks
+from conftest import HIPPOCAMPUS, PHANTOM_DATASET, nnunet_env, requires_hippocampus, run_cli, trainer_checks_fixture
 
 # the body of check(trainer, args), run on the real trainers in one subprocess (conftest.run_trainer_checks);
 # args[0]: which weight the trainer must give ("oracle", "unweighted", "shuffled" or "g")
@@ -58,11 +58,7 @@ ARMS = [("nnUNetTrainerOraclePL", "oracle"), ("nnUNetTrainerUnweightedPL", "unwe
         ("nnUNetTrainerShuffledPL", "shuffled"), ("nnUNetTrainerQGSSL_PLQW", "g")]
 
 
-@pytest.fixture(scope="module")
-def checked(phantom_env, tmp_path_factory) -> dict:
-    """CHECK on every control arm of ARMS, in one subprocess."""
-    return run_trainer_checks(CHECK, [(t, PHANTOM_DATASET, kind) for t, kind in ARMS], phantom_env,
-                              tmp_path_factory.mktemp("control_checks"))
+checked = trainer_checks_fixture(CHECK, [(t, PHANTOM_DATASET, kind) for t, kind in ARMS], "control_checks")
 
 
 @pytest.mark.parametrize("trainer,kind", ARMS)

@@ -6,10 +6,10 @@ import torch
 
 from conftest import HIPPOCAMPUS, requires_hippocampus, train_on_corruptions
 from nnunet_qg.phantom import make_phantom_case
-from nnunet_qg.quality.network import (QualityPredictor, encoder_strides, load_quality_predictor,
-                                       save_quality_predictor)
-from nnunet_qg.quality.training import (QualityPredictorTrainer, one_hot_foreground, pairwise_ranking_loss,
-                                        upsampled_predictions)
+from nnunet_qg.experiments.quality import (ResearchQualityPredictor, ResearchQualityPredictorTrainer,
+                                           encoder_strides, pairwise_ranking_loss, upsampled_predictions)
+from nnunet_qg.quality.network import QualityPredictor, load_quality_predictor, save_quality_predictor
+from nnunet_qg.quality.training import QualityPredictorTrainer, one_hot_foreground
 from nnunet_qg.quality.dice import soft_dice_per_label
 from nnunet_qg.quality.metrics import agreement
 
@@ -26,12 +26,12 @@ def test_full_resolution_first_stage_keeps_the_patch_size_and_round_trips(tmp_pa
     assert encoder_strides((40, 56, 40), 4)[0] == [2, 2, 2]
     strides = encoder_strides((40, 56, 40), 4, full_resolution=True)
     assert strides[0] == [1, 1, 1] and strides[1:] == encoder_strides((40, 56, 40), 3)
-    g = QualityPredictor(1, 2, (16, 24, 16), full_resolution=True).eval()
+    g = ResearchQualityPredictor(1, 2, (16, 24, 16), full_resolution=True).eval()
     first = g.encoder.stages[0].blocks[0].conv1.conv
     assert tuple(first.stride) == (1, 1, 1)
     save_quality_predictor(g, str(tmp_path / "g.pth"))
     loaded = load_quality_predictor(str(tmp_path / "g.pth"))
-    assert loaded.config["full_resolution"]
+    assert isinstance(loaded, ResearchQualityPredictor) and loaded.config["full_resolution"]
     x, m = torch.randn(2, 1, 16, 24, 16), torch.rand(2, 2, 16, 24, 16)
     assert torch.allclose(g(x, m), loaded(x, m))
 
@@ -72,6 +72,27 @@ def test_save_and_safe_load_round_trip(tmp_path):
     loaded = load_quality_predictor(str(path))
     x, m = torch.randn(2, 1, 16, 24, 16), torch.rand(2, 2, 16, 24, 16)
     assert torch.allclose(g(x, m), loaded(x, m))
+
+
+def test_files_of_earlier_versions_load(tmp_path):
+    """Before the research options moved to nnunet_qg.experiments, every g's config carried `belief`,
+    `full_resolution` and `self_estimate` (False for the shipped trainers): such a file loads as the core g, and one
+    with an option set as the research g."""
+    g = QualityPredictor(1, 2, (16, 24, 16)).eval()
+    assert not g.uses_belief and set(g.config) == {"image_channels", "num_labels", "patch_size", "features",
+                                                   "hidden", "dropout"}
+    old_config = {**g.config, "belief": False, "full_resolution": False, "self_estimate": False}
+    torch.save({"config": old_config, "state_dict": g.state_dict()}, tmp_path / "old.pth")
+    loaded = load_quality_predictor(str(tmp_path / "old.pth"))
+    assert type(loaded) is QualityPredictor and loaded.config == g.config and not loaded.training
+    x, m = torch.randn(2, 1, 16, 24, 16), torch.rand(2, 2, 16, 24, 16)
+    assert torch.allclose(g(x, m), loaded(x, m))
+    research = ResearchQualityPredictor(1, 2, (16, 24, 16), belief=True).eval()
+    assert research.config == {**old_config, "belief": True}  # the same layout as the files of earlier versions
+    torch.save({"config": research.config, "state_dict": research.state_dict()}, tmp_path / "belief.pth")
+    loaded = load_quality_predictor(str(tmp_path / "belief.pth"))
+    assert isinstance(loaded, ResearchQualityPredictor) and loaded.uses_belief
+    assert torch.allclose(research(x, m, m), loaded(x, m, m))
 
 
 def _phantom_cases(n):
@@ -162,8 +183,8 @@ def test_upsampled_predictions_and_a_ranked_step_on_several_scales():
     assert all(s.shape == outputs[0].shape for s in scaled)
     assert len(upsampled_predictions(outputs[:2], 3)) == 2
     g = QualityPredictor(1, 2, (16, 16, 16))
-    trainer = QualityPredictorTrainer(g, [1, 2], [0, 1, 2], real_fraction=1.0, num_threads=1, masks_per_sample=3,
-                                      ranking_weight=1.0)
+    trainer = ResearchQualityPredictorTrainer(g, [1, 2], [0, 1, 2], real_fraction=1.0, num_threads=1,
+                                              masks_per_sample=3, ranking_weight=1.0)
     target = torch.zeros(2, 1, 16, 16, 16, dtype=torch.long)
     target[:, :, 4:10, 4:10, 4:10] = 1
     target[:, :, 10:14, 4:10, 4:10] = 2
@@ -174,7 +195,7 @@ def test_upsampled_predictions_and_a_ranked_step_on_several_scales():
 
 
 def test_a_belief_predictor_reads_the_softmax_and_refuses_to_run_without_it(tmp_path):
-    g = QualityPredictor(1, 2, (16, 16, 16), belief=True).eval()
+    g = ResearchQualityPredictor(1, 2, (16, 16, 16), belief=True).eval()
     image, mask = torch.randn(2, 1, 16, 16, 16), torch.rand(2, 2, 16, 16, 16)
     with pytest.raises(ValueError, match="belief"):
         g(image, mask)
@@ -182,7 +203,8 @@ def test_a_belief_predictor_reads_the_softmax_and_refuses_to_run_without_it(tmp_
     save_quality_predictor(g, str(tmp_path / "g.pth"))
     loaded = load_quality_predictor(str(tmp_path / "g.pth"))
     assert loaded.uses_belief and torch.allclose(loaded(image, mask, mask), g(image, mask, mask))
-    trainer = QualityPredictorTrainer(g, [1, 2], [0, 1, 2], real_fraction=0.5, num_threads=1, masks_per_sample=2)
+    trainer = ResearchQualityPredictorTrainer(g, [1, 2], [0, 1, 2], real_fraction=0.5, num_threads=1,
+                                              masks_per_sample=2)
     target = torch.zeros(2, 1, 16, 16, 16, dtype=torch.long)
     target[:, :, 4:10, 4:10, 4:10] = 1
     logits = torch.randn(2, 3, 16, 16, 16)
@@ -194,7 +216,7 @@ def test_a_belief_predictor_reads_the_softmax_and_refuses_to_run_without_it(tmp_
 def test_a_self_estimate_predictor_starts_from_the_networks_expected_dice(tmp_path):
     """With self_estimate=True, g's output logit is its head's plus (at the start) the logit of the soft Dice
     of the mask against the network's softmax: with the head silenced, g is exactly that expected Dice."""
-    g = QualityPredictor(1, 2, (16, 16, 16), self_estimate=True).eval()
+    g = ResearchQualityPredictor(1, 2, (16, 16, 16), self_estimate=True).eval()
     image, mask, belief = torch.randn(2, 1, 16, 16, 16), torch.rand(2, 2, 16, 16, 16), torch.rand(2, 2, 16, 16, 16)
     with pytest.raises(ValueError, match="softmax"):
         g(image, mask)
@@ -210,8 +232,9 @@ def test_a_self_estimate_predictor_starts_from_the_networks_expected_dice(tmp_pa
 
 def test_several_steps_per_batch_each_on_fresh_masks():
     """train_steps(k): k optimizer steps on one batch, drawing k x masks_per_sample corruptions."""
-    g = QualityPredictor(1, 2, (16, 16, 16), self_estimate=True)
-    trainer = QualityPredictorTrainer(g, [1, 2], [0, 1, 2], real_fraction=0.5, num_threads=1, masks_per_sample=2)
+    g = ResearchQualityPredictor(1, 2, (16, 16, 16), self_estimate=True)
+    trainer = ResearchQualityPredictorTrainer(g, [1, 2], [0, 1, 2], real_fraction=0.5, num_threads=1,
+                                              masks_per_sample=2)
     target = torch.zeros(2, 1, 16, 16, 16, dtype=torch.long)
     target[:, :, 4:10, 4:10, 4:10] = 1
     target[:, :, 10:14, 4:10, 4:10] = 2

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from conftest import PHANTOM_ID
+from nnunet_qg.experiments.trainers.nnUNetTrainerQGDrift import (DRIFT_PREDICTORS, DRIFT_VARIANTS,
+                                                                 drift_predictor_file, drift_stage_checkpoint)
 from nnunet_qg.quality.network import load_quality_predictor
 from nnunet_qg.quality_control.case_agreement import SELF_ESTIMATE, agreement_on_cases, pooled_agreement
 from nnunet_qg.quality_control.scoring import CaseScorer, QualityControlError
-from nnunet_qg.trainers.nnUNetTrainerQGDrift import (DRIFT_PREDICTORS, DRIFT_VARIANTS, drift_predictor_file,
-                                                     drift_stage_checkpoint)
 
 DATASET = f"Dataset{PHANTOM_ID:03d}_Phantom"
 TRAINER = "nnUNetTrainerQGWarmup_debug"  # 4 epochs x 3 iterations, warm-up = epochs 0 and 1

@@ -2,11 +2,12 @@
 
 `unlabeled_separate_backward` (nnUNetTrainerQGSSL_lowMemory) backpropagates the labelled pass before
 the unlabelled pass runs. nnU-Net normalises per instance, so the gradients must equal the joint
-pass's, with every unlabelled loss active; and the separate passes must need less memory.
+pass's, with every unlabelled loss active; and the separate passes must need less memory. Under DDP the
+choice is made at the start by a trial joint pass (choose_backward_mode), which must leave training as it was.
 """
 import pytest
 
-from conftest import PHANTOM_DATASET, run_trainer_checks
+from conftest import PHANTOM_DATASET, trainer_checks_fixture
 
 # the body of check(trainer, args), run on the real trainers in one subprocess (conftest.run_trainer_checks)
 CHECK = """
@@ -59,16 +60,34 @@ CHECK = """
     assert all(torch.equal(a, b) for a, b in zip(fallback, separate[2])), "not the separate passes' gradients"
     with open(trainer.log_file) as f:
         assert "Out of GPU memory in the joint" in f.read()
+
+    # the trial of the joint pass at the start of training (choose_backward_mode; it decides under DDP on a GPU):
+    # on the real network it runs and leaves no gradient, the weights and the random state as they were; on a
+    # network that cannot take the joint batch it says no
+    trainer.network.zero_grad(set_to_none=True)
+    weights = [p.detach().clone() for p in trainer.network.parameters()]
+    rng = torch.get_rng_state()
+    assert trainer.joint_pass_fits() is True
+    assert all(p.grad is None for p in trainer.network.parameters())
+    assert all(torch.equal(a, p) for a, p in zip(weights, trainer.network.parameters()))
+    assert torch.equal(rng, torch.get_rng_state())
+
+    def out_of_memory_beyond_one_batch(module, args):
+        if args[0].shape[0] > trainer.batch_size:
+            raise torch.OutOfMemoryError("simulated: the joint batch does not fit")
+    hook = trainer.network.register_forward_pre_hook(out_of_memory_beyond_one_batch)
+    assert trainer.joint_pass_fits() is False
+    hook.remove()
+    assert all(p.grad is None for p in trainer.network.parameters())
+    trainer.unlabeled_separate_backward = False
+    trainer.choose_backward_mode()  # not DDP: nothing decided at the start (the first failing joint pass does)
+    assert trainer.unlabeled_separate_backward is False
     print("OK", joint[4], separate[4], float(diff / norm))
 """
 TRAINERS = ["nnUNetTrainerQGSSL_debug", "nnUNetTrainerMeanTeacher_debug"]
 
 
-@pytest.fixture(scope="module")
-def checked(phantom_env, tmp_path_factory) -> dict:
-    """CHECK on every trainer of TRAINERS, in one subprocess."""
-    return run_trainer_checks(CHECK, [(t, PHANTOM_DATASET) for t in TRAINERS], phantom_env,
-                              tmp_path_factory.mktemp("separate_checks"))
+checked = trainer_checks_fixture(CHECK, [(t, PHANTOM_DATASET) for t in TRAINERS], "separate_checks")
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)

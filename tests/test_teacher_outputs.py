@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import PHANTOM_DATASET, PHANTOM_ID, REPO, run_cli, run_trainer_checks
+from conftest import PHANTOM_DATASET, PHANTOM_ID, REPO, run_cli, trainer_checks_fixture
 
 # the body of check(trainer, args), run on the real trainers in one subprocess (conftest.run_trainer_checks)
 CHECK = """
@@ -56,11 +56,7 @@ CHECK = """
 TRAINERS = ["nnUNetTrainerMeanTeacher_debug", "nnUNetTrainerQGSSL_debug", "nnUNetTrainerMTQW_debug"]
 
 
-@pytest.fixture(scope="module")
-def checked(phantom_env, tmp_path_factory) -> dict:
-    """CHECK on every trainer of TRAINERS, in one subprocess."""
-    return run_trainer_checks(CHECK, [(t, PHANTOM_DATASET) for t in TRAINERS], phantom_env,
-                              tmp_path_factory.mktemp("teacher_checks"))
+checked = trainer_checks_fixture(CHECK, [(t, PHANTOM_DATASET) for t in TRAINERS], "teacher_checks")
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)

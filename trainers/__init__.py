@@ -1,4 +1,5 @@
-"""nnUNetTrainer subclasses of nnunet-qg (installed as `nnunet_qg.trainers`)."""
+"""nnUNetTrainer subclasses of nnunet-qg (installed as `nnunet_qg.trainers`); the research-only ones are in
+`nnunet_qg.experiments.trainers`."""
 from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerFixMatch, nnUNetTrainerMeanTeacher
 from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gFrozen,
                                                    nnUNetTrainerQGSSL_lowMemory,
@@ -7,11 +8,8 @@ from nnunet_qg.trainers.nnUNetTrainerQGSSL_short import (nnUNetTrainerFixMatch_d
                                                          nnUNetTrainerMTQW_debug, nnUNetTrainerQGSSL_debug, nnUNetTrainerQGSSL_demo,
                                                          nnUNetTrainerQGSSL_gFrozen_debug, nnUNetTrainerQGSSL_lowMemory_debug,
                                                          nnUNetTrainerQGSSL_PLQW_debug, nnUNetTrainerQGSSL_QAR_debug)
-from nnunet_qg.trainers.nnUNetTrainerQGDrift import (nnUNetTrainerQGDrift, nnUNetTrainerQGDrift_cpuBench,
-                                                     nnUNetTrainerQGDrift_debug, nnUNetTrainerQGDrift_gpuBench)
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup_short import (nnUNetTrainerQGWarmup_cpuBench, nnUNetTrainerQGWarmup_debug,
-                                                            nnUNetTrainerQGWarmup_debug2gSteps,
                                                             nnUNetTrainerQGWarmup_gpuBench)
 from nnunet_qg.trainers.nnUNetTrainerPLControls import (nnUNetTrainerOraclePL, nnUNetTrainerShuffledPL,
                                                         nnUNetTrainerUnweightedPL)
@@ -20,6 +18,7 @@ from nnunet_qg.trainers.nnUNetTrainer_evidence import (nnUNetTrainer_evidence, n
                                                        nnUNetTrainerMeanTeacher_evidence, nnUNetTrainerOraclePL_evidence,
                                                        nnUNetTrainerQGSSL_evidence, nnUNetTrainerQGSSL_PLQW_evidence,
                                                        nnUNetTrainerQGSSL_PLQWbatchSize_evidence,
+                                                       nnUNetTrainerQGSSL_PLQWema999_evidence, nnUNetTrainerQGSSL_PLQWunlabeled2x_evidence,
                                                        nnUNetTrainerShuffledPL_evidence, nnUNetTrainerUnweightedPL_evidence,
                                                        nnUNetTrainer_evidenceTiny, nnUNetTrainerOraclePL_evidenceTiny,
                                                        nnUNetTrainerUnweightedPL_evidenceTiny)

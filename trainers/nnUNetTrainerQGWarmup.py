@@ -7,7 +7,7 @@ predictions and on corrupted masks. The unlabelled loss (Mean Teacher here; the 
 losses in subclasses) ramps up after the warm-up.
 """
 import itertools
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from nnunet_qg.atomic import atomic_write_json
 from nnunet_qg.plotting import plot_calibration
 from nnunet_qg.quality.metrics import pooled_agreement_per_label
 from nnunet_qg.quality.network import QUALITY_PREDICTOR_FILE, QualityPredictor, save_quality_predictor
-from nnunet_qg.quality.training import QualityPredictorTrainer, upsampled_predictions
+from nnunet_qg.quality.training import QualityPredictorTrainer
 from nnunet_qg.ramps import sigmoid_rampup
 from nnunet_qg.trainers.nnUNetTrainerSSL import StepValue, nnUNetTrainerSSL
 
@@ -43,13 +43,6 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         self.quality_masks_per_sample = 4  # masks g learns from per labelled patch and iteration
         self.quality_soft_fraction = 0.5  # share of those given as softmax maps instead of one-hot
         self.quality_category_probabilities = None  # None: the paper's mixture
-        self.quality_ranking_weight = 0.0  # > 0: adds a pairwise ranking term to g's SmoothL1 loss
-        # real predictions g learns from: 1 = the network's full-resolution output; k > 1 also the next
-        # k - 1 deep-supervision outputs, upsampled (realistic predictions of lower quality, no extra pass)
-        self.quality_prediction_scales = 1
-        # g's optimizer steps per warm-up iteration, each on fresh masks of the same batch: g learns more per
-        # loaded batch (its learning curve on corruptions was still rising when a short warm-up stopped it)
-        self.quality_steps_per_iteration = 1
         self.quality_features = (16, 32, 64, 128)
         self.quality_seed = 12345
         # 0: g frozen after the warm-up (the paper). k > 0: afterwards g still takes one step every k
@@ -79,24 +72,21 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         super().initialize()
         self.quality = self.new_quality_trainer(self.quality_real_fraction)
 
-    def new_quality_trainer(self, real_fraction: float, seed_offset: int = 0,
-                            ranking_weight: Optional[float] = None, belief: bool = False,
-                            full_resolution: bool = False, self_estimate: bool = False) -> QualityPredictorTrainer:
-        """A fresh g for this plan and its trainer, with the trainer's quality_* settings (under DDP g's
-        updates are synchronised); `ranking_weight` overrides quality_ranking_weight; `belief`: g also
-        reads the network's softmax, `full_resolution`: its first stage runs at full resolution,
-        `self_estimate`: g reads the network's expected Dice of the mask (QualityPredictor)."""
+    def new_quality_trainer(self, real_fraction: float, seed_offset: int = 0) -> QualityPredictorTrainer:
+        """A fresh g for this plan and its trainer, with the trainer's quality_* settings."""
         model = QualityPredictor(self.num_input_channels, len(self.label_manager.foreground_labels),
-                                 self.configuration_manager.patch_size, self.quality_features, belief=belief,
-                                 full_resolution=full_resolution, self_estimate=self_estimate).to(self.device)
-        train_model = DDP(model, device_ids=[self.local_rank]) if self.is_ddp else model
-        return QualityPredictorTrainer(
-            model, self.label_manager.foreground_labels, self.label_manager.all_labels, self.quality_lr,
-            self.quality_weight_decay, real_fraction, self.quality_soft_fraction,
-            self.quality_category_probabilities, seed=self.quality_seed + seed_offset + 1000 * self.local_rank,
-            train_model=train_model, masks_per_sample=self.quality_masks_per_sample,
-            ranking_weight=self.quality_ranking_weight if ranking_weight is None else ranking_weight,
-            log=self.print_to_log_file)
+                                 self.configuration_manager.patch_size, self.quality_features).to(self.device)
+        return QualityPredictorTrainer(model, **self.quality_trainer_settings(model, real_fraction, seed_offset))
+
+    def quality_trainer_settings(self, model: QualityPredictor, real_fraction: float, seed_offset: int) -> dict:
+        """QualityPredictorTrainer's arguments after `model`, from the quality_* attributes (under DDP g's
+        updates are synchronised)."""
+        return dict(labels=self.label_manager.foreground_labels, all_labels=self.label_manager.all_labels,
+                    lr=self.quality_lr, weight_decay=self.quality_weight_decay, real_fraction=real_fraction,
+                    soft_fraction=self.quality_soft_fraction, category_probabilities=self.quality_category_probabilities,
+                    seed=self.quality_seed + seed_offset + 1000 * self.local_rank,
+                    train_model=DDP(model, device_ids=[self.local_rank]) if self.is_ddp else model,
+                    masks_per_sample=self.quality_masks_per_sample, log=self.print_to_log_file)
 
     # ------------------------------------------------------------------ schedule
     def unlabeled_weight_at(self, epoch: int) -> float:
@@ -123,24 +113,27 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         self._pending_corruptions = None
         if self.quality_learns_this_step():
             target = highest_resolution(batch["target"])
-            steps = 1 if self.quality.frozen else self.quality_steps_per_iteration
-            self._pending_corruptions = self.quality.start_corruptions(target, steps * self.quality.masks_per_sample)
+            self._pending_corruptions = self.quality.start_corruptions(target, self.quality_masks_this_step())
 
-    def quality_training_logits(self, output_labeled, scales: int) -> Union[torch.Tensor, Sequence[torch.Tensor]]:
-        """The network's predictions g learns from: the full-resolution logits, and with `scales` > 1 the
-        upsampled deep-supervision outputs below them."""
-        if isinstance(output_labeled, list):
-            return upsampled_predictions(output_labeled, scales) if scales > 1 else output_labeled[0]
-        return output_labeled
+    def quality_masks_this_step(self) -> int:
+        """How many corrupted masks per patch g's step(s) of this iteration use: started before the network's step."""
+        return self.quality.masks_per_sample
+
+    def quality_training_logits(self, output_labeled) -> torch.Tensor:
+        """The network's prediction g learns from: its full-resolution logits."""
+        return highest_resolution(output_labeled)
+
+    def quality_warmup_step(self, data, target, logits, corruptions) -> torch.Tensor:
+        """g's training on one labelled batch of the warm-up: one step."""
+        return self.quality.train_step(data, target, logits, self._autocast(), corruptions)
 
     def after_train_step(self, data, target, output_labeled) -> Dict[str, StepValue]:
         target0 = highest_resolution(target)
         learns, corruptions = self.quality_learns_this_step(), self._pending_corruptions
         self._pending_corruptions = None
-        logits0 = self.quality_training_logits(output_labeled, self.quality_prediction_scales) if learns else None
+        logits0 = self.quality_training_logits(output_labeled) if learns else None
         if not self.quality.frozen:
-            return {"qg_train_loss": self.quality.train_steps(data, target0, logits0, self._autocast(),
-                                                             self.quality_steps_per_iteration, corruptions)}
+            return {"qg_train_loss": self.quality_warmup_step(data, target0, logits0, corruptions)}
         self._steps_since_warmup += 1
         if learns:
             return {"qg_train_loss": self.quality.refresh_step(data, target0, logits0, self._autocast(),

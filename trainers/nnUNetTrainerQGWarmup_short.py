@@ -12,12 +12,6 @@ class nnUNetTrainerQGWarmup_debug(ShortSchedule, nnUNetTrainerQGWarmup):
     short_overrides = {"quality_warmup_fraction": 0.5}
 
 
-class nnUNetTrainerQGWarmup_debug2gSteps(nnUNetTrainerQGWarmup_debug):
-    """The smoke test with two optimizer steps of g per warm-up iteration (quality_steps_per_iteration)."""
-
-    short_overrides = {"quality_warmup_fraction": 0.5, "quality_steps_per_iteration": 2}
-
-
 class nnUNetTrainerQGWarmup_cpuBench(ShortSchedule, nnUNetTrainerQGWarmup):
     """The quality predictor benchmark on a CPU: 10 epochs x 25 iterations, all of it warm-up, batch <= 4."""
 

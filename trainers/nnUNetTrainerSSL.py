@@ -80,6 +80,9 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
         # small patches). True: backpropagate the labelled pass before the unlabelled one runs (about
         # half the activation memory, one more pass of launches: for patches planned near the GPU's limit)
         self.unlabeled_separate_backward = False
+        # under DDP on a GPU, a trial joint pass at the start of training chooses separate passes when the joint
+        # one would not fit, keeping this share of the GPU's memory free (choose_backward_mode)
+        self.joint_pass_memory_margin = 0.1
         # benchmark trainers only: the unlabelled patches carry their withheld labels (spatially augmented
         # with them) as `self._unlabeled_target`, for oracle weights and for judging g; never for a loss
         self.unlabeled_keeps_segmentation = False
@@ -161,6 +164,60 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
             for stale in glob.glob(join(self.output_folder, "checkpoint_*.pth.tmp-*")):
                 os.remove(stale)
         self.dataloader_unlabeled = self.get_unlabeled_dataloader()
+        self.choose_backward_mode()
+
+    def choose_backward_mode(self) -> None:
+        """Under DDP on a GPU: decide at the start, the same on every rank, whether the joint labelled +
+        unlabelled pass fits (joint_pass_fits); if it does not on any rank, train with separate passes from the
+        first step. Outside DDP nothing is decided here: a joint pass that runs out of memory switches by itself
+        (forward_backward), which under DDP would leave the ranks on different paths, hours into the run."""
+        if self.unlabeled_separate_backward or not self.is_ddp or self.device.type != "cuda":
+            return
+        fits = self.joint_pass_fits()
+        too_big = torch.tensor([0 if fits else 1], device=self.device)
+        dist.all_reduce(too_big, op=dist.ReduceOp.MAX)
+        if too_big.item():
+            self.unlabeled_separate_backward = True
+        self.print_to_log_file("Trial joint labelled + unlabelled pass: " + (
+            "does not fit on every rank, so the two passes run one after the other (unlabeled_separate_backward = "
+            "True)" if too_big.item() else "fits; one joint pass per step"))
+
+    def joint_pass_fits(self) -> bool:
+        """One trial of the joint pass's memory on random patches of the batches' shapes: the student's forward
+        and backward over labelled + unlabelled patches (under DDP without the all-reduce) and the teacher's
+        forward. No optimizer step, the gradients are dropped and no loader is read, so training is unchanged.
+        True if it ran and (on a GPU) its peak stayed below (1 - joint_pass_memory_margin) of the GPU's memory."""
+        shape = (self.num_input_channels, *self.configuration_manager.patch_size)
+        cuda = self.device.type == "cuda"
+        buffers = {k: v.clone() for k, v in self.network.named_buffers()}  # e.g. batch-norm statistics
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        ran = True
+        with torch.random.fork_rng(devices=[self.device] if cuda else []):  # the run's random draws unchanged
+            try:
+                data = torch.randn((self.batch_size, *shape), device=self.device)
+                view = torch.randn(((self.unlabeled_batch_size or self.batch_size), *shape), device=self.device)
+                with self.network.no_sync() if self.is_ddp else nullcontext():
+                    with self._autocast():
+                        output = self.network(torch.cat((data, view)))
+                        self.teacher_probabilities(view)
+                        outputs = output if isinstance(output, (list, tuple)) else [output]
+                        loss = sum(o.float().mean() for o in outputs)
+                    loss.backward()
+            except torch.OutOfMemoryError:
+                ran = False
+        data = view = output = outputs = loss = None  # outside the except block: the trial's tensors are freed
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name, value in self.network.named_buffers():
+                value.copy_(buffers[name])
+        if not cuda:
+            return ran
+        peak = torch.cuda.max_memory_allocated(self.device)
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        return ran and peak <= (1 - self.joint_pass_memory_margin) * total
 
     def on_train_end(self):
         super().on_train_end()
@@ -251,7 +308,7 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
         labelled pass is backpropagated before the unlabelled pass runs, so only one batch of
         activations is alive at a time (nnU-Net normalises per instance, so the gradients are the same).
         A joint pass that runs out of GPU memory switches the run to separate passes (not under DDP,
-        where every rank must take the same path).
+        where every rank must take the same path: there choose_backward_mode decides at the start).
         """
         if views is None:
             with self._autocast():

@@ -65,6 +65,25 @@ class nnUNetTrainerQGSSL_PLQWbatchSize_evidence(nnUNetTrainerQGSSL_PLQW_evidence
         self.quality_weight_normalisation = "batch_size"
 
 
+class nnUNetTrainerQGSSL_PLQWema999_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
+    """pl_qw_ema999: PL-QW with the paper's EMA decay 0.999 (ours: 0.99; a time constant of 1,000 iterations
+    instead of 100, a third of this budget)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.ema_decay = 0.999
+
+
+class nnUNetTrainerQGSSL_PLQWunlabeled2x_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
+    """pl_qw_unlabeled2x: PL-QW with two unlabelled patches per labelled one (the paper's ratio; ours: one)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.unlabeled_batch_size = 2 * self.short_batch_size
+
+
 class nnUNetTrainer_evidenceCurve(nnUNetTrainer_evidence):
     """Protocol design: the supervised arm, with the network kept after some epochs
     (checkpoint_epoch_<e>.pth), so one run gives test Dice against the budget."""

@@ -6,7 +6,7 @@ network's own current predictions on the same patches (detached), each with its 
 import os
 from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,28 +29,6 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
-
-
-def pairwise_ranking_loss(predicted: torch.Tensor, true: torch.Tensor, min_gap: float = 0.01) -> torch.Tensor:
-    """Per label, over every pair of samples whose true Dice differ by more than `min_gap`: the
-    predicted gap should point the same way and be at least as large as the true one,
-    mean of relu(|true_i - true_j| - sign(true_i - true_j) * (predicted_i - predicted_j)).
-    (N, L) tensors; 0 when no pair qualifies."""
-    gap_true = true[:, None, :] - true[None, :, :]
-    gap_predicted = predicted[:, None, :] - predicted[None, :, :]
-    pairs = (gap_true > min_gap).float()  # each unordered pair once, oriented by its true order
-    violation = torch.relu(gap_true - gap_predicted) * pairs
-    return violation.sum() / pairs.sum().clamp_min(1.0)
-
-
-def upsampled_predictions(outputs: Sequence[torch.Tensor], scales: int) -> List[torch.Tensor]:
-    """The full-resolution logits and up to `scales - 1` of the deep-supervision outputs below it,
-    upsampled (linear) to full resolution: realistic predictions of lower quality, at no extra
-    forward pass (the decoder computed them anyway)."""
-    full = outputs[0]
-    mode = "trilinear" if full.ndim == 5 else "bilinear"
-    return [full] + [F.interpolate(o.float(), size=full.shape[2:], mode=mode, align_corners=False)
-                     for o in outputs[1:scales]]
 
 
 @contextmanager
@@ -93,13 +71,15 @@ def _completed(function: Callable, *args) -> Future:
 
 
 class QualityPredictorTrainer:
-    """Owns g, its optimizer and its random state; trains it and measures it on batches."""
+    """Owns g, its optimizer and its random state; trains it and measures it on batches. The research
+    options (a ranking term, several predictions or steps per batch, a g that reads the network's softmax)
+    are in nnunet_qg.experiments.quality.ResearchQualityPredictorTrainer."""
 
     def __init__(self, model: QualityPredictor, labels: Sequence[int], all_labels: Sequence[int],
                  lr: float = 1e-3, weight_decay: float = 1e-4, real_fraction: float = 0.5,
                  soft_fraction: float = 0.5, category_probabilities: Optional[Dict[str, float]] = None,
                  seed: int = 0, train_model: Optional[nn.Module] = None, num_threads: Optional[int] = None,
-                 masks_per_sample: int = 1, ranking_weight: float = 0.0, log: Callable[[str], None] = print):
+                 masks_per_sample: int = 1, log: Callable[[str], None] = print):
         self.model = model
         self.log = log  # e.g. the nnU-Net trainer's print_to_log_file
         self.train_model = train_model if train_model is not None else model  # e.g. DDP-wrapped g
@@ -115,7 +95,6 @@ class QualityPredictorTrainer:
         self.real_fraction = real_fraction
         self.masks_per_sample = masks_per_sample  # g is cheap next to the network: several masks per patch
         self.soft_fraction = soft_fraction
-        self.ranking_weight = ranking_weight  # weight of pairwise_ranking_loss next to SmoothL1
         self.corruptor = MaskCorruptor(self.labels, category_probabilities)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
         self.rng = np.random.default_rng(seed)
@@ -139,7 +118,7 @@ class QualityPredictorTrainer:
         return one_hot_foreground(channel, self.foreground_channels)
 
     def foreground_softmax(self, seg_logits: torch.Tensor) -> torch.Tensor:
-        """The network's softmax of the foreground labels (B, L, ...): a soft mask, or g's `belief`."""
+        """The network's softmax of the foreground labels (B, L, ...): a soft mask."""
         return batch_probabilities(seg_logits, has_regions=False)[:, self._foreground_index]
 
     def real_samples(self, target: torch.Tensor, seg_logits: torch.Tensor, soft: bool):
@@ -203,34 +182,39 @@ class QualityPredictorTrainer:
         return mask, dice
 
     # ----------------------------------------------------------------- training
-    def train_step(self, images: torch.Tensor, target: torch.Tensor,
-                   seg_logits: Union[torch.Tensor, Sequence[torch.Tensor]], autocast_ctx,
+    def train_step(self, images: torch.Tensor, target: torch.Tensor, seg_logits: torch.Tensor, autocast_ctx,
                    corruptions: Optional[List[List[Future]]] = None) -> torch.Tensor:
-        """One optimizer step of g (SmoothL1 on Dice, plus the ranking term if weighted) on
-        `masks_per_sample` masks per labelled patch; returns the loss, detached, on the device
-        (reading it would make the host wait for the GPU). `seg_logits`: the network's logits, or
-        several full-resolution versions (upsampled_predictions), taken in turn by the draws.
-        `corruptions`: start_corruptions(target, masks_per_sample), started before the network's step.
-        g trains in float32 whatever `autocast_ctx` is (full_precision; the argument stays for the callers);
-        a step with a non-finite loss or gradient is skipped (step_if_finite)."""
-        logits = [seg_logits] if isinstance(seg_logits, torch.Tensor) else list(seg_logits)
+        """One optimizer step of g (SmoothL1 on Dice) on `masks_per_sample` masks per labelled patch; returns
+        the loss, detached, on the device (reading it would make the host wait for the GPU). `seg_logits`:
+        the network's full-resolution logits. `corruptions`: start_corruptions(target, masks_per_sample),
+        started before the network's step. g trains in float32 whatever `autocast_ctx` is (full_precision;
+        the argument stays for the callers); a step with a non-finite loss or gradient is skipped
+        (step_if_finite)."""
         corrupted = self.corrupted_draws(target, self.masks_per_sample, corruptions)
-        draws = [self.training_samples(target, logits[d % len(logits)], c) for d, c in enumerate(corrupted)]
-        mask, dice = torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
-        repeats = (self.masks_per_sample,) + (1,) * (images.ndim - 1)
-        images = images.repeat(repeats)
-        # a g with `belief` reads the network's full-resolution softmax next to every mask of the patch
-        belief = self.foreground_softmax(logits[0]).repeat(repeats) if self.model.uses_belief else None
+        mask, dice = self.training_masks(target, seg_logits, corrupted)
+        images = images.repeat((self.masks_per_sample,) + (1,) * (images.ndim - 1))
+        inputs = self.training_inputs(images, mask, seg_logits)
         self.train_model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with full_precision(images.device), private_torch_rng(images.device, int(self.rng.integers(2 ** 62))):
-            predicted = self.train_model(images.float(), mask.float(), None if belief is None else belief.float())
-        loss = F.smooth_l1_loss(predicted.float(), dice.float(), beta=0.1)
-        if self.ranking_weight > 0:
-            loss = loss + self.ranking_weight * pairwise_ranking_loss(predicted.float(), dice.float())
+            predicted = self.train_model(*inputs)
+        loss = self.training_loss(predicted.float(), dice.float())
         loss.backward()
         self.step_if_finite(loss)
         return loss.detach()
+
+    def training_masks(self, target: torch.Tensor, seg_logits: torch.Tensor,
+                       corrupted: List[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The masks of a step and their Dice: training_samples of every draw of corruptions, concatenated."""
+        draws = [self.training_samples(target, seg_logits, c) for c in corrupted]
+        return torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
+
+    def training_inputs(self, images: torch.Tensor, mask: torch.Tensor, seg_logits: torch.Tensor) -> tuple:
+        """g's inputs in a training step, in float32."""
+        return images.float(), mask.float()
+
+    def training_loss(self, predicted: torch.Tensor, dice: torch.Tensor) -> torch.Tensor:
+        return F.smooth_l1_loss(predicted, dice, beta=0.1)
 
     def step_if_finite(self, loss: torch.Tensor) -> bool:
         """g's optimizer step, unless the loss or a gradient is not finite: then the step is skipped, counted
@@ -245,21 +229,7 @@ class QualityPredictorTrainer:
                  f"skipped ({self.skipped_steps} so far).")
         return False
 
-    def train_steps(self, images: torch.Tensor, target: torch.Tensor,
-                    seg_logits: Union[torch.Tensor, Sequence[torch.Tensor]], autocast_ctx, steps: int = 1,
-                    corruptions: Optional[List[List[Future]]] = None) -> torch.Tensor:
-        """`steps` train_steps on the same batch, each with fresh masks (new corruptions, new draws of which
-        patches give the network's prediction): more learning per loaded batch, no extra loading or network
-        pass. `corruptions`: start_corruptions(target, steps * masks_per_sample). Returns the mean loss."""
-        draws = self.masks_per_sample
-        if corruptions is None:
-            corruptions = self.start_corruptions(target, steps * draws)  # all at once: the threads overlap them
-        losses = [self.train_step(images, target, seg_logits, autocast_ctx, corruptions[s * draws:(s + 1) * draws])
-                  for s in range(steps)]
-        return torch.stack(losses).mean()
-
-    def refresh_step(self, images: torch.Tensor, target: torch.Tensor,
-                     seg_logits: Union[torch.Tensor, Sequence[torch.Tensor]], autocast_ctx,
+    def refresh_step(self, images: torch.Tensor, target: torch.Tensor, seg_logits: torch.Tensor, autocast_ctx,
                      real_fraction: Optional[float] = None,
                      corruptions: Optional[List[List[Future]]] = None) -> torch.Tensor:
         """One training step of a frozen g (to follow the network's improving predictions), frozen again
@@ -296,38 +266,28 @@ class QualityPredictorTrainer:
         masks["corrupted"] = self.corrupted_samples(target)
         return masks
 
-    @torch.no_grad()
     def score_masks(self, images: torch.Tensor, masks: Dict[str, Tuple[torch.Tensor, torch.Tensor]],
-                    autocast_ctx, beliefs: Optional[Dict[str, torch.Tensor]] = None
-                    ) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-        """g's predicted Dice next to the true Dice, per kind of mask (g in eval mode for this);
-        `beliefs`: per kind, the softmax that a g with `belief` reads next to the mask."""
+                    autocast_ctx) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+        """g's predicted Dice next to the true Dice, per kind of mask (g in eval mode for this)."""
+        return self.scores_of(lambda kind, mask: self.model(images, mask), masks, autocast_ctx)
+
+    @torch.no_grad()
+    def scores_of(self, predict: Callable[[str, torch.Tensor], torch.Tensor],
+                  masks: Dict[str, Tuple[torch.Tensor, torch.Tensor]], autocast_ctx
+                  ) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+        """`predict(kind, mask)`, g's predicted Dice, next to the true Dice, per kind of mask, with g in eval mode."""
         was_training = self.model.training
         self.model.eval()
-        out = {}
         with autocast_ctx:
-            for kind, (mask, dice) in masks.items():
-                belief = beliefs[kind] if self.model.uses_belief else None
-                out[kind] = (self.model(images, mask, belief).float().cpu().numpy(), dice.cpu().numpy())
+            out = {kind: (predict(kind, mask).float().cpu().numpy(), dice.cpu().numpy())
+                   for kind, (mask, dice) in masks.items()}
         self.model.train(was_training and not self.frozen)
         return out
 
     def measure_batch(self, images: torch.Tensor, target: torch.Tensor, seg_logits: torch.Tensor,
                       autocast_ctx, teacher_logits: Optional[torch.Tensor] = None) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
         """Predicted and true Dice on real predictions (and the teacher's) and on corrupted masks of one batch."""
-        masks = self.measurement_masks(target, seg_logits, teacher_logits)
-        beliefs = self.measurement_beliefs(seg_logits, teacher_logits) if self.model.uses_belief else None
-        return self.score_masks(images, masks, autocast_ctx, beliefs)
-
-    def measurement_beliefs(self, seg_logits: torch.Tensor, teacher_logits: Optional[torch.Tensor] = None
-                            ) -> Dict[str, torch.Tensor]:
-        """Per kind of measurement mask, the softmax of the network that made it (the teacher's for the
-        teacher's masks, the network's for its own and for corrupted masks)."""
-        own = self.foreground_softmax(seg_logits)
-        beliefs = {"real": own, "corrupted": own}
-        if teacher_logits is not None:
-            beliefs["teacher"] = self.foreground_softmax(teacher_logits)
-        return beliefs
+        return self.score_masks(images, self.measurement_masks(target, seg_logits, teacher_logits), autocast_ctx)
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

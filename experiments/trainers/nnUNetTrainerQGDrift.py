@@ -13,7 +13,7 @@ side by side, on the same network run, the same validation patches and the same 
 - `ranked_multiscale`: like `ranked`, and its real predictions also include the network's
   upsampled deep-supervision outputs (realistic predictions of lower quality, at no extra pass).
 - `belief`: like `refreshed`, but g also reads the network's softmax next to the mask (built with
-  QualityPredictor(belief=True); its training masks and measurements come with the softmax of the
+  ResearchQualityPredictor(belief=True); its training masks and measurements come with the softmax of the
   network that made them).
 - `full_resolution`: like `refreshed`, but g's first stage runs at the patch's resolution (stride 1):
   it sees every voxel of the boundary, where the network's good predictions differ from each other.
@@ -21,7 +21,7 @@ side by side, on the same network run, the same validation patches and the same 
   steps per labelled batch, each on fresh masks (quality_steps_per_iteration): more learning per loaded
   batch, no extra loading.
 - `with_self_estimate`: like `refreshed`, but g is also given the network's own expected Dice of the mask
-  (QualityPredictor(self_estimate=True)): it starts from that estimate and learns to calibrate and correct it.
+  (ResearchQualityPredictor(self_estimate=True)): it starts from that estimate and learns to calibrate and correct it.
 - `self_estimate` (no g): the network's own expected Dice of a mask, the soft Dice between the mask
   and the network's softmax (the teacher's for the teacher's masks): what g has to beat.
 
@@ -43,12 +43,13 @@ from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_qg.atomic import atomic_path, atomic_write_json
+from nnunet_qg.experiments.quality import ResearchQualityPredictorTrainer
+from nnunet_qg.experiments.trainers.research_options import ResearchQualityOptions
 from nnunet_qg.networks import highest_resolution
 from nnunet_qg.plotting import plot_progress_panels
 from nnunet_qg.quality.dice import soft_dice_per_label
 from nnunet_qg.quality.metrics import pooled_agreement_per_label
 from nnunet_qg.quality.network import save_quality_predictor
-from nnunet_qg.quality.training import QualityPredictorTrainer
 from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
 from nnunet_qg.trainers.short_schedule import ShortSchedule
 
@@ -72,13 +73,13 @@ def drift_stage_checkpoint(epoch: int) -> str:
 class ExtraPredictor:
     """A g trained from the warm-up's first step with its own settings, beside the paper's."""
 
-    quality: QualityPredictorTrainer
+    quality: ResearchQualityPredictorTrainer
     scales: int = 1  # quality_prediction_scales of this g
     refresh: bool = True  # after the warm-up: a step every drift_refresh_every iterations (else frozen)
     steps: int = 1  # optimizer steps per warm-up iteration (quality_steps_per_iteration of this g)
 
 
-class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
+class nnUNetTrainerQGDrift(ResearchQualityOptions, nnUNetTrainerQGWarmup):
     """nnU-Net training + several quality predictors and the network's self-estimate judged side by side."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -95,7 +96,7 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
         # judge g on the wide band of qualities the paper's accuracy is measured on
         self.drift_stage_fractions = (0.05, 0.1, 0.2, 0.4)
         self.extra: Dict[str, ExtraPredictor] = {}
-        self.refreshed: Optional[QualityPredictorTrainer] = None
+        self.refreshed: Optional[ResearchQualityPredictorTrainer] = None
         self.drift_history: List[dict] = []
         self._drift_val: List[Dict[str, dict]] = []
 
@@ -114,7 +115,7 @@ class nnUNetTrainerQGDrift(nnUNetTrainerQGWarmup):
             "multistep": ExtraPredictor(self.new_quality_trainer(real, 7), steps=self.drift_steps_per_iteration),
             "with_self_estimate": ExtraPredictor(self.new_quality_trainer(real, 8, self_estimate=True))}
 
-    def variants(self) -> Dict[str, QualityPredictorTrainer]:
+    def variants(self) -> Dict[str, ResearchQualityPredictorTrainer]:
         """Every g by name; during the warm-up `refreshed` is still the paper's g itself."""
         return {"frozen": self.quality, "refreshed": self.refreshed or self.quality,
                 **{name: extra.quality for name, extra in self.extra.items()}}
