@@ -107,3 +107,25 @@ def test_damaged_ledger_stops_with_its_name(tmp_path):
     path.write_text('{"runs": [')
     with pytest.raises(SystemExit, match="ledger.json cannot be read"):
         ledger_rows(str(path), "evidence")
+
+
+def test_report_from_the_ledger_alone(tmp_path):
+    """--report --ledger: the paired summary of the ledger's runs of a profile, without their output folder
+    (another session's), with every commit and device the rows come from."""
+    from nnunet_qg.benchmark.ledger import add_to_ledger
+
+    ledger = str(tmp_path / "ledger.json")
+    for seed, (sup, unw) in enumerate([(0.60, 0.64), (0.62, 0.63)]):
+        add_to_ledger(ledger, "evidence", {**_row("supervised", seed, sup, {}), "device": "cpu A"}, "abc1234")
+        add_to_ledger(ledger, "evidence", {**_row("unweighted_pl", seed, unw, {}), "device": "cpu B"}, "def5678")
+    add_to_ledger(ledger, "tiny", _row("unweighted_pl", 2, 0.1, {}), "def5678")  # another profile: left out
+    out = tmp_path / "report"
+    run_cli(["nnUNetv2_qg_benchmark", "--report", "--ledger", ledger, "--profile", "evidence", "-o", str(out)],
+            nnunet_env(tmp_path / "nn"))
+    summary = json.loads((out / "evidence_summary.json").read_text())
+    got = summary["arms"]["unweighted_pl"]["minus_supervised"]
+    assert summary["arms"]["unweighted_pl"]["seeds"] == [0, 1] and got["differences"] == pytest.approx([0.04, 0.01])
+    assert summary["run_commits"] == ["abc1234", "def5678"] and "cpu A" in summary["device"]
+    empty = run_cli(["nnUNetv2_qg_benchmark", "--report", "--ledger", ledger, "--profile", "cpu-small", "-o",
+                     str(out)], nnunet_env(tmp_path / "nn"), check=False)
+    assert empty.returncode != 0 and "holds no finished run" in empty.stderr and "Traceback" not in empty.stderr

@@ -19,6 +19,7 @@ from nnunet_qg.trainers.nnUNetTrainer_evidence import (nnUNetTrainer_evidence, n
                                                        nnUNetTrainerQGSSL_evidence, nnUNetTrainerQGSSL_PLQW_evidence,
                                                        nnUNetTrainerQGSSL_PLQWbatchSize_evidence,
                                                        nnUNetTrainerQGSSL_PLQWema999_evidence, nnUNetTrainerQGSSL_PLQWunlabeled2x_evidence,
+                                                       nnUNetTrainerQGSSL_PLQWrefreshCorrupted_evidence,
                                                        nnUNetTrainerShuffledPL_evidence, nnUNetTrainerUnweightedPL_evidence,
                                                        nnUNetTrainer_evidenceTiny, nnUNetTrainerOraclePL_evidenceTiny,
                                                        nnUNetTrainerUnweightedPL_evidenceTiny)

@@ -84,6 +84,16 @@ class nnUNetTrainerQGSSL_PLQWunlabeled2x_evidence(nnUNetTrainerQGSSL_PLQW_eviden
         self.unlabeled_batch_size = 2 * self.short_batch_size
 
 
+class nnUNetTrainerQGSSL_PLQWrefreshCorrupted_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
+    """pl_qw_refresh_corrupted: PL-QW whose g is refreshed after the warm-up on corrupted masks only (ours: half
+    the network's own predictions of the labelled patches, which it has fitted: issue #20, item 5)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.quality_refresh_real_fraction = 0.0
+
+
 class nnUNetTrainer_evidenceCurve(nnUNetTrainer_evidence):
     """Protocol design: the supervised arm, with the network kept after some epochs
     (checkpoint_epoch_<e>.pth), so one run gives test Dice against the budget."""

@@ -121,6 +121,23 @@ def rewrite_report(out: str) -> None:
     print(write_results(rows, out, saved))
 
 
+def report_from_ledger(ledger: str, profile: Profile, out: str, dataset: str) -> None:
+    """`--report --ledger`: the tables, plots and summaries of every finished run of `profile` in the ledger,
+    without the output folder that trained them (another session's)."""
+    rows = [r for r in ledger_rows(ledger, profile.name).values() if r["arm"] in profile.arms]
+    if not rows:
+        raise SystemExit(f"ERROR: the ledger {ledger} holds no finished run of profile {profile.name}.")
+    commits = sorted({r["commit"] for r in rows})
+    devices = sorted({r.get("device", "device not recorded") for r in rows})
+    meta = {"date": date.today().isoformat(), "profile": profile.name, "budget": profile.budget,
+            "device": "; ".join(devices), "dataset": dataset, "fractions": list(profile.fractions),
+            "arms": list(profile.arms), "repeats": profile.repeats, "configuration": profile.configuration,
+            "fold": profile.fold, "seed": profile.seed, "test_cases": rows[0].get("test_cases"),
+            "commit": ", ".join(commits), "ledger": ledger}
+    os.makedirs(out, exist_ok=True)
+    print(write_results(rows, out, meta))
+
+
 def ordered_jobs(profile: Profile, ids: Dict[str, int]) -> List[Job]:
     """Run by run, so that the runs finished so far are paired. The arms with every run (and the first run
     of the upper bound) come before the arms with fewer runs, so that the main comparison gets its seeds
@@ -162,8 +179,12 @@ def entry_point() -> None:
                              "trained again; each run that finishes is added. Commit it to go on in another session")
     parser.add_argument("--report", action="store_true",
                         help="only rewrite the report of the run in -o (tables, plots, evidence_summary.json) "
-                             "with today's code; trains nothing")
+                             "with today's code; trains nothing. With --ledger (and --profile): the report of "
+                             "the ledger's finished runs of that profile, written to -o")
     args = parser.parse_args()
+    if args.report and args.ledger:
+        return report_from_ledger(abspath(args.ledger), PROFILES[args.profile], abspath(args.o),
+                                  os.path.basename(abspath(args.i)) if args.i else PROFILES[args.profile].name)
     if args.report:
         return rewrite_report(abspath(args.o))
     if args.i is None:
@@ -218,7 +239,8 @@ def entry_point() -> None:
 
     def on_result(new_rows: List[dict]) -> None:
         if args.ledger:
-            add_to_ledger(abspath(args.ledger), profile.name, new_rows[-1], meta["commit"])
+            add_to_ledger(abspath(args.ledger), profile.name, {**new_rows[-1], "device": meta["device"]},
+                          meta["commit"])
         write_results(known + new_rows, out, meta)
 
     rows = known + run_jobs(jobs, profile, env, work, on_result, args.resume)

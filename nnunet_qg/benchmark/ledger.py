@@ -33,7 +33,8 @@ def ledger_rows(path: str, profile: str) -> Dict[LedgerKey, dict]:
 
 
 def add_to_ledger(path: str, profile: str, row: dict, commit: str) -> None:
-    """Add (or replace) one finished run, with the profile and the commit that trained it."""
+    """Add (or replace) one finished run, with the profile and the commit that trained it (the caller adds the
+    device: a seed's arms trained on different machines are paired, but not bit for bit comparable)."""
     if "error" in row:
         return
     runs = [r for r in read_ledger(path) if ledger_key(r.get("profile"), r) != ledger_key(profile, row)]

@@ -20,9 +20,11 @@ ARMS: Dict[str, str] = {
     "pl_qw_batch_size": "nnUNetTrainerQGSSL_PLQWbatchSize",  # PL-QW normalised by B, not by sum w
     "pl_qw_ema999": "nnUNetTrainerQGSSL_PLQWema999",  # PL-QW with the paper's EMA decay 0.999 (ours 0.99)
     "pl_qw_unlabeled2x": "nnUNetTrainerQGSSL_PLQWunlabeled2x",  # PL-QW, 2 unlabelled patches per labelled one
+    "pl_qw_refresh_corrupted": "nnUNetTrainerQGSSL_PLQWrefreshCorrupted",  # g refreshed on corrupted masks only
 }
 # the evidence budget only
-CONTROL_ARMS = ("unweighted_pl", "oracle_pl", "shuffled_pl", "pl_qw_batch_size", "pl_qw_ema999", "pl_qw_unlabeled2x")
+CONTROL_ARMS = ("unweighted_pl", "oracle_pl", "shuffled_pl", "pl_qw_batch_size", "pl_qw_ema999", "pl_qw_unlabeled2x",
+                "pl_qw_refresh_corrupted")
 STANDARD_ARMS = tuple(a for a in ARMS if a not in CONTROL_ARMS)  # every budget of nnUNetTrainer_benchmark
 LOWER_BOUND, UPPER_BOUND = "supervised", "full_supervision"
 # 2D sources have no split file of their own: the benchmark writes one (seeded) with these sizes
@@ -31,9 +33,9 @@ SUPERVISED_ARMS = (LOWER_BOUND, UPPER_BOUND)
 # the evidence profile's arms in the order they run: the two bounds (the gap to close), then the arms that
 # decide the claim (6 runs), then the others (3 runs; docs/benchmarks.md)
 EVIDENCE_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_qw", "oracle_pl", "qg_ssl", "shuffled_pl",
-                 "mean_teacher", "pl_qw_batch_size", "pl_qw_ema999", "pl_qw_unlabeled2x")
+                 "mean_teacher", "pl_qw_batch_size", "pl_qw_ema999", "pl_qw_unlabeled2x", "pl_qw_refresh_corrupted")
 EVIDENCE_FEWER_RUNS = {UPPER_BOUND: 3, "qg_ssl": 3, "shuffled_pl": 3, "mean_teacher": 3, "pl_qw_batch_size": 3,
-                       "pl_qw_ema999": 3, "pl_qw_unlabeled2x": 3}
+                       "pl_qw_ema999": 3, "pl_qw_unlabeled2x": 3, "pl_qw_refresh_corrupted": 3}
 
 
 @dataclass(frozen=True)

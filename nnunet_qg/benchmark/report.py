@@ -94,6 +94,8 @@ def plot_curves(rows: List[dict], filename: str, title: str) -> None:
     each: with --seed, the arms of a run coincide until their unlabelled losses start."""
     rows = [r for r in rows if "curves" in r]
     names = list(dict.fromkeys(name for r in rows for name in r["curves"]))  # every run's, in order
+    if not names:  # no run logged a curve (e.g. rows without their model folders): nothing to plot
+        return
     with plt.style.context("default"):
         fig, axes = plt.subplots(len(names), 1, figsize=(9, 2.8 * len(names)), squeeze=False)
         for ax, name in zip(axes[:, 0], names):
