@@ -23,7 +23,7 @@ from typing import Dict, List
 from nnunet_qg import pipeline
 from nnunet_qg.atomic import atomic_write_json, atomic_write_text
 from nnunet_qg.benchmark.device import describe_device
-from nnunet_qg.benchmark.ledger import add_to_ledger, ledger_rows
+from nnunet_qg.benchmark.ledger import add_to_ledger, ledger_key, ledger_rows
 from nnunet_qg.benchmark.profiles import ARMS, GENERATED_SPLITS, PROFILES, UPPER_BOUND, Profile
 from nnunet_qg.benchmark.paired import (diagnostics, diagnostics_table, paired_summary, paired_table, plot_paired,
                                         source_commit)
@@ -121,6 +121,14 @@ def rewrite_report(out: str) -> None:
     print(write_results(rows, out, saved))
 
 
+def profile_meta(profile: Profile, device: str, dataset: str, test_cases, commit: str) -> dict:
+    """What a report says of its run: the profile's settings, device, data and commit."""
+    return {"date": date.today().isoformat(), "profile": profile.name, "budget": profile.budget, "device": device,
+            "dataset": dataset, "fractions": list(profile.fractions), "arms": list(profile.arms),
+            "repeats": profile.repeats, "configuration": profile.configuration, "fold": profile.fold,
+            "seed": profile.seed, "test_cases": test_cases, "commit": commit}
+
+
 def report_from_ledger(ledger: str, profile: Profile, out: str, dataset: str) -> None:
     """`--report --ledger`: the tables, plots and summaries of every finished run of `profile` in the ledger,
     without the output folder that trained them (another session's)."""
@@ -129,11 +137,8 @@ def report_from_ledger(ledger: str, profile: Profile, out: str, dataset: str) ->
         raise SystemExit(f"ERROR: the ledger {ledger} holds no finished run of profile {profile.name}.")
     commits = sorted({r["commit"] for r in rows})
     devices = sorted({r.get("device", "device not recorded") for r in rows})
-    meta = {"date": date.today().isoformat(), "profile": profile.name, "budget": profile.budget,
-            "device": "; ".join(devices), "dataset": dataset, "fractions": list(profile.fractions),
-            "arms": list(profile.arms), "repeats": profile.repeats, "configuration": profile.configuration,
-            "fold": profile.fold, "seed": profile.seed, "test_cases": rows[0].get("test_cases"),
-            "commit": ", ".join(commits), "ledger": ledger}
+    meta = {**profile_meta(profile, "; ".join(devices), dataset, rows[0].get("test_cases"), ", ".join(commits)),
+            "ledger": ledger}
     os.makedirs(out, exist_ok=True)
     print(write_results(rows, out, meta))
 
@@ -219,12 +224,10 @@ def entry_point() -> None:
                               args.resume)
     jobs = ordered_jobs(profile, ids)
     test_cases = len(os.listdir(join(pipeline.raw_dataset_folder(env, next(iter(ids.values()))), "labelsTs")))
-    meta = {"date": date.today().isoformat(), "profile": profile.name, "budget": profile.budget,
-            "device": describe_device(profile.device), "dataset": os.path.basename(abspath(args.i)),
-            "fractions": list(profile.fractions), "arms": list(profile.arms), "repeats": profile.repeats,
-            "configuration": profile.configuration, "concurrency": profile.concurrency, "nnUNet_n_proc_DA": profile.n_proc_DA, "tta": profile.tta,
-            "seed": profile.seed, "test_cases": test_cases, "preparation_s": prep_s, "fold": profile.fold,
-            "arm_repeats": {a: profile.runs_of(a) for a in profile.arms}, "commit": source_commit()}
+    meta = {**profile_meta(profile, describe_device(profile.device), os.path.basename(abspath(args.i)), test_cases,
+                           source_commit()),
+            "concurrency": profile.concurrency, "nnUNet_n_proc_DA": profile.n_proc_DA, "tta": profile.tta,
+            "preparation_s": prep_s, "arm_repeats": {a: profile.runs_of(a) for a in profile.arms}}
     print(f"[2/3] Training, predicting and evaluating {len(jobs)} run(s), {profile.concurrency} at a time "
           f"({profile.budget} budget, {profile.device})", flush=True)
     known: List[dict] = []
@@ -232,7 +235,8 @@ def entry_point() -> None:
         if profile.seed is None:
             parser.error("--ledger needs a seeded profile (or --seed): runs are kept by their seed")
         in_ledger = ledger_rows(abspath(args.ledger), profile.name)
-        keys = {j: (profile.name, j.arm, j.fraction, profile.seed + j.repeat) for j in jobs}
+        keys = {j: ledger_key(profile.name, {"arm": j.arm, "fraction": j.fraction, "seed": profile.seed_of(j.repeat)})
+                for j in jobs}
         known = [{**in_ledger[keys[j]], "from_ledger": True} for j in jobs if keys[j] in in_ledger]
         jobs = [j for j in jobs if keys[j] not in in_ledger]
         print(f"  {len(known)} run(s) found in the ledger {args.ledger}, {len(jobs)} to run", flush=True)

@@ -11,6 +11,7 @@ LedgerKey = Tuple[str, str, str, Optional[int]]  # profile, arm, labelled fracti
 
 
 def ledger_key(profile: str, row: dict) -> LedgerKey:
+    """A run's key: its profile, arm, labelled fraction and seed (`row` needs "arm" and "fraction")."""
     return profile, row["arm"], row["fraction"], row.get("seed")
 
 

@@ -65,6 +65,10 @@ class Profile:
     def trainer(self, arm: str) -> str:
         return f"{ARMS[arm]}_{self.budget}"
 
+    def seed_of(self, repeat: int) -> Optional[int]:
+        """nnUNet_qg_seed of run `repeat` (the same for every arm of the run; None: unseeded)."""
+        return None if self.seed is None else self.seed + repeat
+
     def runs_of(self, arm: str) -> int:
         return min(self.repeats, self.arm_repeats.get(arm, self.repeats))
 

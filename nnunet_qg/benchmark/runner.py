@@ -153,7 +153,7 @@ def run_job(job: Job, profile: Profile, env: Dict[str, str], work: str, resume: 
     """Train one arm, predict the held-out test cases with the last checkpoint, evaluate them."""
     trainer = profile.trainer(job.arm)
     env = {**env, "nnUNet_results": join(work, f"nnUNet_results_r{job.repeat}")}
-    seed = None if profile.seed is None else profile.seed + job.repeat  # the same for every arm of a run
+    seed = profile.seed_of(job.repeat)
     if seed is not None:
         env[SEED_ENV] = str(seed)
     os.makedirs(env["nnUNet_results"], exist_ok=True)
