@@ -2,7 +2,9 @@
 
 Each case is a noisy volume with two touching ellipsoids (labels 1 and 2, like the anterior and
 posterior hippocampus) of random size, position and contrast. Used by the demo and by the tests
-that must run without `../shared/data`.
+that must run without `../shared/data`. With a larger `shape` and a `structure_scale` below 1 it becomes a
+large field of view with small structures (as in LA, liver or pancreas scans), where most random patches
+hold background only (benchmarks/unlabeled_patch_content.py).
 """
 import argparse
 import json
@@ -20,11 +22,19 @@ def _ellipsoid(shape: Tuple[int, ...], center: np.ndarray, radii: np.ndarray) ->
     return sum(((g - c) / r) ** 2 for g, c, r in zip(grid, center, radii)) <= 1.0
 
 
-def make_phantom_case(rng: np.random.RandomState, shape: Tuple[int, int, int]) -> Tuple[np.ndarray, np.ndarray]:
-    """One (image float32, label uint8) pair."""
+def _check_structure_scale(structure_scale: float) -> None:
+    if not 0 < structure_scale <= 1:
+        raise ValueError(f"structure_scale must be in (0, 1], got {structure_scale}")
+
+
+def make_phantom_case(rng: np.random.RandomState, shape: Tuple[int, int, int],
+                      structure_scale: float = 1.0) -> Tuple[np.ndarray, np.ndarray]:
+    """One (image float32, label uint8) pair; `structure_scale` scales the structures' radii (1: the
+    default phantom, whose radii are 14-22 % of the shape)."""
+    _check_structure_scale(structure_scale)
     shape_arr = np.array(shape, dtype=float)
     center = shape_arr / 2 + rng.uniform(-0.12, 0.12, 3) * shape_arr
-    radii = rng.uniform(0.14, 0.22, 3) * shape_arr
+    radii = rng.uniform(0.14, 0.22, 3) * shape_arr * structure_scale
     direction = rng.normal(size=3)
     direction /= np.linalg.norm(direction)
     offset = direction * radii * 0.9
@@ -40,16 +50,19 @@ def make_phantom_case(rng: np.random.RandomState, shape: Tuple[int, int, int]) -
 
 
 def make_phantom_msd(folder: str, num_cases: int = 16, shape: Tuple[int, int, int] = (28, 32, 28),
-                     seed: int = 0) -> str:
+                     seed: int = 0, structure_scale: float = 1.0) -> str:
     """Write `num_cases` phantom cases as an MSD task (imagesTr, labelsTr, dataset.json)."""
     import SimpleITK as sitk
 
+    if len(shape) != 3 or min(shape) < 4:
+        raise ValueError(f"shape must be 3 sizes of at least 4 voxels, got {tuple(shape)}")
+    _check_structure_scale(structure_scale)  # before anything is written
     rng = np.random.RandomState(seed)
     for sub in ("imagesTr", "labelsTr"):
         os.makedirs(join(folder, sub), exist_ok=True)
     training = []
     for i in range(num_cases):
-        image, label = make_phantom_case(rng, shape)
+        image, label = make_phantom_case(rng, shape, structure_scale)
         name = f"phantom_{i:03d}.nii.gz"
         for array, sub in ((image, "imagesTr"), (label, "labelsTr")):
             itk = sitk.GetImageFromArray(array)
@@ -70,5 +83,13 @@ def entry_point() -> None:
     parser.add_argument("-o", required=True, help="Output folder (becomes an MSD task folder)")
     parser.add_argument("-n", type=positive_count, default=16, help="Number of cases, >= 1. Default: 16")
     parser.add_argument("--seed", type=seed, default=0, help="0 to 2**32-1. Default: 0")
+    parser.add_argument("--shape", type=int, nargs=3, default=(28, 32, 28), metavar=("Z", "Y", "X"),
+                        help="Volume shape in voxels (1 mm). Default: 28 32 28")
+    parser.add_argument("--structure-scale", type=float, default=1.0,
+                        help="Scale of the structures' radii, in (0, 1]; below 1 with a larger --shape: a large "
+                             "field of view with small structures. Default: 1")
     args = parser.parse_args()
-    print(make_phantom_msd(args.o, args.n, seed=args.seed))
+    try:
+        print(make_phantom_msd(args.o, args.n, tuple(args.shape), args.seed, args.structure_scale))
+    except ValueError as error:
+        parser.error(str(error))

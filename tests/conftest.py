@@ -50,7 +50,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
 
 
 # A `python -c` script: for each job [trainer, dataset, *args] of the JSON list in argv[1], the trainer built on
-# the preprocessed dataset (3d_fullres, fold 0, CPU) and initialised as nnUNetv2_train builds it, then
+# the preprocessed dataset (configuration and fold from argv[2], CPU) and initialised as nnUNetv2_train builds it, then
 # check(trainer, args); one line "CHECK-RESULT [job, 'OK' or the traceback]" per job. One interpreter (and one
 # import of torch and nnU-Net) serves many trainers.
 _CHECKS_HEAD = textwrap.dedent("""
@@ -65,6 +65,7 @@ _CHECKS_HEAD = textwrap.dedent("""
 
 
     FRESH_SEED = torch.initial_seed()  # torch's seed at interpreter start
+    CONFIGURATION, FOLD = json.loads(sys.argv[2])
 
 
     def build_trainer(name, dataset):
@@ -72,7 +73,7 @@ _CHECKS_HEAD = textwrap.dedent("""
         plans = load_json(join(nnUNet_preprocessed, dataset, "nnUNetPlans.json"))
         plans["continue_training"] = False
         trainer = recursive_find_trainer_class_by_name(name)(
-            plans=plans, configuration="3d_fullres", fold=0,
+            plans=plans, configuration=CONFIGURATION, fold=FOLD,
             dataset_json=load_json(join(nnUNet_preprocessed, dataset, "dataset.json")), device=torch.device("cpu"))
         trainer.initialize()
         return trainer
@@ -93,14 +94,15 @@ _CHECKS_TAIL = textwrap.dedent("""
 
 
 def run_trainer_checks(body: str, jobs: Sequence[Sequence[str]], env: Dict[str, str],
-                       cwd: Path) -> Dict[tuple, str]:
+                       cwd: Path, configuration: str = "3d_fullres", fold=0) -> Dict[tuple, str]:
     """Run `body` (the code of `check(trainer, args)`) on every job in one subprocess, outside the source tree
-    so that the installed package is imported; returns job -> "OK" or the traceback (or the process's output
-    where a job gave no result)."""
+    so that the installed package is imported, each trainer built for `configuration` and `fold` (an int or
+    "all"); returns job -> "OK" or the traceback (or the process's output where a job gave no result)."""
     script = _CHECKS_HEAD + "def check(trainer, args):\n" + textwrap.indent(textwrap.dedent(body), "    ")
     script += _CHECKS_TAIL
     try:
-        proc = run_cli([sys.executable, "-c", script, json.dumps([list(j) for j in jobs])], env, timeout=1800,
+        proc = run_cli([sys.executable, "-c", script, json.dumps([list(j) for j in jobs]),
+                        json.dumps([configuration, fold])], env, timeout=1800,
                        check=False, cwd=cwd)
     except subprocess.TimeoutExpired as timeout:  # the jobs that finished keep their result
         out, err = (t.decode(errors="replace") if isinstance(t, bytes) else t or ""

@@ -33,6 +33,7 @@ from nnunet_qg.trainers.checkpoint_extras import CheckpointExtras
 from nnunet_qg.unlabeled.data_loader import (make_augmenter, nnUNetUnlabeledDataLoader,
                                              nnUNetUnlabeledDatasetBlosc2, shard_for_rank, unlabeled_workers,
                                              worker_seeds)
+from nnunet_qg.unlabeled.foreground_prior import RelativeForegroundPrior
 from nnunet_qg.unlabeled.paths import preprocessed_unlabeled_folder
 from nnunet_qg.unlabeled.preprocess import check_preprocessed_unlabeled
 from nnunet_qg.unlabeled.two_views import TwoViewTransform, split_views
@@ -72,6 +73,10 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
         # then in the main process), as the two loaders share the cores; seeded runs set max(1, nnUNet_n_proc_DA)
         self.unlabeled_num_processes: Optional[int] = None
         self.unlabeled_seed: Optional[int] = None  # None: drawn at start; logged and checkpointed
+        # share of each unlabelled batch centred where the fold's labelled training cases have foreground (relative
+        # to the case's shape: RelativeForegroundPrior), as nnU-Net oversamples labelled foreground (0.33). 0: off,
+        # uniform patches, drawn exactly as before the option existed
+        self.unlabeled_oversample_foreground_percent = 0.0
         self.ema_decay = 0.99
         self.unlabeled_loss_weight = 1.0
         self.unlabeled_rampup_fraction = 0.2  # sigmoid ramp over this fraction of num_epochs
@@ -138,10 +143,14 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
         dataset = nnUNetUnlabeledDatasetBlosc2(self.preprocessed_unlabeled_folder, identifiers)
         transforms, initial_patch_size = self._training_transforms()
         batch_size = self.unlabeled_batch_size or self.batch_size
+        oversample = self.unlabeled_oversample_foreground_percent
         loader = nnUNetUnlabeledDataLoader(dataset, batch_size, initial_patch_size,
                                            self.configuration_manager.patch_size, self.label_manager,
                                            transforms=TwoViewTransform(transforms, self.augment_teacher_intensity,
-                                                                       self.unlabeled_keeps_segmentation))
+                                                                       self.unlabeled_keeps_segmentation),
+                                           oversample_foreground_percent=oversample,
+                                           foreground_prior=self.unlabeled_foreground_prior() if oversample > 0
+                                           else None)
         n_proc = unlabeled_workers(get_allowed_n_proc_DA()) if self.unlabeled_num_processes is None \
             else self.unlabeled_num_processes
         if self.unlabeled_seed is None:
@@ -150,9 +159,21 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
         self.print_to_log_file(f"Unlabelled data: {len(identifiers)} of {len(self.unlabeled_identifiers)} cases "
                                f"on this rank, batch size {batch_size}, {n_proc} workers, seed "
                                f"{self.unlabeled_seed}, from {self.preprocessed_unlabeled_folder}")
+        if oversample > 0:
+            forced = sum(loader.get_do_oversample(j) for j in range(batch_size))
+            self.print_to_log_file(f"Unlabelled patches: {forced} of each batch of {batch_size} centred on the "
+                                   f"foreground prior of the labelled training cases (unlabeled_oversample_"
+                                   f"foreground_percent {oversample})")
         augmenter = make_augmenter(loader, n_proc, seeds, pin_memory=self.device.type == "cuda")
         _ = next(augmenter)
         return augmenter
+
+    def unlabeled_foreground_prior(self) -> RelativeForegroundPrior:
+        """Where this fold's labelled training cases have foreground, relative to their shape (for
+        `unlabeled_oversample_foreground_percent`)."""
+        tr_keys, _ = self.do_split()
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, tr_keys)
+        return RelativeForegroundPrior.from_dataset(dataset, tr_keys)
 
     def on_train_start(self):
         if not self.was_initialized:

@@ -6,6 +6,8 @@ from batchgenerators.dataloading.single_threaded_augmenter import SingleThreaded
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
+from nnunet_qg.unlabeled.foreground_prior import RelativeForegroundPrior
+
 
 class nnUNetUnlabeledDatasetBlosc2(nnUNetDatasetBlosc2):
     """nnU-Net's blosc2 dataset for cases without labels (no foreground locations stored)."""
@@ -17,14 +19,32 @@ class nnUNetUnlabeledDatasetBlosc2(nnUNetDatasetBlosc2):
 
 
 class nnUNetUnlabeledDataLoader(nnUNetDataLoader):
-    """Random patches of unlabelled cases: nnU-Net's loader with foreground oversampling off."""
+    """Random patches of unlabelled cases: nnU-Net's loader, by default with foreground oversampling off.
+
+    With `oversample_foreground_percent` > 0, that share of each batch (the last samples, as in nnU-Net) is
+    centred on a location of `foreground_prior` (where the labelled cases have foreground) mapped into the
+    unlabelled case; never on the case's own labels, even where a benchmark's withheld labels are loaded.
+    At 0 (the default) the loader draws exactly what nnU-Net's loader draws without oversampling."""
 
     def __init__(self, data: nnUNetUnlabeledDatasetBlosc2, batch_size: int, patch_size: Sequence[int],
-                 final_patch_size: Sequence[int], label_manager, transforms=None):
+                 final_patch_size: Sequence[int], label_manager, transforms=None,
+                 oversample_foreground_percent: float = 0.0,
+                 foreground_prior: Optional[RelativeForegroundPrior] = None):
+        if not 0 <= oversample_foreground_percent <= 1:
+            raise ValueError(f"oversample_foreground_percent must be in [0, 1], got {oversample_foreground_percent}")
+        if oversample_foreground_percent > 0 and foreground_prior is None:
+            raise ValueError("Oversampling unlabelled foreground needs a foreground_prior (RelativeForegroundPrior)")
         super().__init__(data, batch_size, patch_size, final_patch_size, label_manager,
-                         oversample_foreground_percent=0.0, transforms=transforms)
+                         oversample_foreground_percent=oversample_foreground_percent, transforms=transforms)
         # there is no annotation to sample from, with or without an ignore label
         self.has_ignore = False
+        self.foreground_prior = foreground_prior
+
+    def get_bbox(self, data_shape, force_fg: bool, class_locations, overwrite_class=None, verbose: bool = False):
+        """nnU-Net's patch choice; a forced-foreground patch reads the prior's locations in this case's shape."""
+        if force_fg:
+            class_locations = self.foreground_prior.class_locations(data_shape)
+        return super().get_bbox(data_shape, force_fg, class_locations, overwrite_class, verbose)
 
 
 def shard_for_rank(identifiers: Sequence[str], rank: int, world_size: int) -> List[str]:
