@@ -9,6 +9,16 @@ per label) and with g's prediction; on unlabelled patches (the teacher's view) i
 predictions, the quality weights w = q^T 1[q >= tau] and the share of pseudo-labels kept. If g
 rates the pseudo-labels of unlabelled patches far below those of labelled ones, PL-QW is not
 learning from the unlabelled data. Prints a table and writes JSON; the fold folder is only read.
+
+With a benchmark trainer whose unlabelled patches carry their withheld labels (the evidence protocol's
+arms, e.g. nnUNetTrainerUnweightedPL_evidence), it also judges every candidate quality signal of a
+pseudo-label against its true Dice (`--signal-batches` unlabelled batches): g, the teacher's
+self-estimate (its expected Dice of its own hard mask under its softmax), the agreement of the teacher's
+mirrored predictions with the pseudo-label, and the student's agreement with it. For each signal: MAE,
+bias, Pearson and Spearman against the true Dice, and what PL-QW would train on with it as the weight
+(the paper's w = q^T 1[q >= tau] at the trainer's tau and at `--thresholds`, normalised within batches of
+the training batch size): the weighted mean true Dice of the pseudo-labels and the weights' effective
+sample size, next to uniform weights and the oracle (the true Dice as q).
 """
 import argparse
 import os
@@ -16,6 +26,7 @@ import shutil
 import sys
 import tempfile
 from os.path import abspath, dirname, join
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -29,9 +40,13 @@ def main() -> None:
     parser.add_argument("-d", required=True, help="dataset name or id")
     parser.add_argument("-tr", required=True, help="trainer class of the fold (a quality-guided one)")
     parser.add_argument("-c", default="3d_fullres")
-    parser.add_argument("-f", default="0", help="fold")
+    parser.add_argument("-f", default="0", help="fold (a number or all)")
     parser.add_argument("--batches", type=int, default=10, help="labelled and unlabelled batches each")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--signal-batches", type=int, default=50,
+                        help="unlabelled batches for the signal comparison (trainers with withheld labels only)")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.8],
+                        help="PL-QW thresholds tau of the signal comparison, besides the trainer's own")
     parser.add_argument("--out", default="benchmark_results/pseudo_label_check.json")
     args = parser.parse_args()
     os.environ.setdefault("nnUNet_n_proc_DA", "0")
@@ -56,7 +71,8 @@ def main() -> None:
         raise SystemExit(f"ERROR: {join(fold_folder, 'checkpoint_final.pth')} not found: train the fold first "
                          f"(nnUNetv2_train {args.d} {args.c} {args.f} -tr {args.tr}).")
     device = torch.device(args.device)
-    trainer = trainer_from_plans(recursive_find_trainer_class_by_name(args.tr), dataset, args.c, int(args.f), device)
+    trainer = trainer_from_plans(recursive_find_trainer_class_by_name(args.tr), dataset, args.c,
+                                 args.f if args.f == "all" else int(args.f), device)
     trainer.load_checkpoint(join(fold_folder, "checkpoint_final.pth"))
     g = trainer.quality_predictor.eval()
     labels = trainer.label_manager.foreground_labels
@@ -82,6 +98,8 @@ def main() -> None:
                    for i in range(data.shape[0])]
         _, view_teacher = split_views(next(trainer.dataloader_unlabeled)["data"].to(device), data.shape[1])
         q_u.append(judge(view_teacher)[1].cpu().numpy())
+    signals = judge_signals(trainer, args.signal_batches, temperature, sorted({threshold, *args.thresholds})) \
+        if trainer.unlabeled_keeps_segmentation else None
     for loader in (trainer.dataloader_train, trainer.dataloader_val, trainer.dataloader_unlabeled):
         if hasattr(loader, "_finish"):  # not on_train_end: that would write a checkpoint
             loader._finish()
@@ -100,10 +118,79 @@ def main() -> None:
     print(f"\nTeacher pseudo-labels and g's quality weights, {dataset} {args.tr} fold {args.f}, "
           f"{device_description(device)} (T={temperature}, tau={threshold})")
     table = print_table(rows, list(rows[0]))
-    write_json({"dataset": dataset, "trainer": args.tr, "fold": args.f, "device": device_description(device),
+    signal_table = None
+    if signals is not None:
+        print(f"\nQuality signals of the teacher's pseudo-labels of unlabelled patches against their withheld "
+              f"labels ({signals['rows'][0]['n']} patches, batches of {signals['batch_size']})")
+        signal_table = print_table(signals["rows"], list(dict.fromkeys(k for r in signals["rows"] for k in r)))
+    write_json({"signals": signals, "signal_table": signal_table, "dataset": dataset, "trainer": args.tr, "fold": args.f, "device": device_description(device),
                 "temperature": temperature, "threshold": threshold, "rows": rows, "table": table,
                 "labelled_true_dice": true_l.tolist(), "labelled_g": q_l.tolist(), "unlabelled_g": q_u.tolist()},
                args.out)
+
+
+def judge_signals(trainer, batches: int, temperature: float, thresholds: Sequence[float]) -> dict:
+    """Every candidate quality signal of the teacher's pseudo-labels on `batches` unlabelled batches, against
+    their true Dice from the withheld labels (module docstring)."""
+    from nnunet_qg.experiments.pseudo_label_quality import mirror_agreement
+    from nnunet_qg.networks import highest_resolution
+    from nnunet_qg.quality.dice import expected_dice_per_label, soft_dice_per_label
+    from nnunet_qg.quality.metrics import agreement
+    from nnunet_qg.quality.training import one_hot_foreground
+    from nnunet_qg.ssl_losses import effective_sample_size, quality_weights
+    from nnunet_qg.unlabeled.two_views import split_views
+
+    quality = trainer.quality
+    labels = trainer.label_manager.foreground_labels
+    columns = {k: [] for k in ("true Dice", "g", "self_estimate", "mirror_agreement", "student_agreement")}
+    batch_size = None
+    network = trainer.network.eval()
+    for _ in range(batches):
+        batch = next(trainer.dataloader_unlabeled)
+        data = batch["data"].to(trainer.device)
+        view_student, view_teacher = split_views(data, trainer.num_input_channels)
+        truth = one_hot_foreground(batch["target"].to(trainer.device), labels)
+        batch_size = view_teacher.shape[0]
+        probs = trainer.teacher_probabilities(view_teacher)
+        pseudo = quality.channel_one_hot(probs.argmax(1, keepdim=True))
+        columns["true Dice"].append(soft_dice_per_label(pseudo, truth).mean(1))
+        with torch.no_grad(), trainer._autocast():
+            columns["g"].append(trainer.quality_predictor(view_teacher, pseudo).float().mean(1))
+            student = highest_resolution(network(view_teacher)).float()
+        columns["self_estimate"].append(expected_dice_per_label(pseudo, probs[:, quality._foreground_index]).mean(1))
+        columns["student_agreement"].append(
+            soft_dice_per_label(quality.channel_one_hot(student.argmax(1, keepdim=True)), pseudo).mean(1))
+        columns["mirror_agreement"].append(mirror_agreement(trainer.teacher_probabilities, view_teacher, pseudo,
+                                                            trainer.inference_allowed_mirroring_axes or (),
+                                                            quality.channel_one_hot))
+    values = {k: torch.cat(v).float().cpu() for k, v in columns.items()}
+    truth = values["true Dice"]
+    n_batches = len(truth) // batch_size
+
+    def weighting(q: torch.Tensor) -> dict:
+        """PL-QW with q as the score, in the drawn batches, at each threshold: the true Dice of the pseudo-labels
+        it trains on (weighted mean within a batch, mean over the batches with a weight) and the weights' mean
+        effective sample size."""
+        out = {}
+        d = truth[:n_batches * batch_size].view(n_batches, batch_size)
+        for tau in thresholds:
+            w = quality_weights(q, temperature, tau)[:n_batches * batch_size].view(n_batches, batch_size)
+            used = w.sum(1) > 0
+            out[f"trains on (tau {tau})"] = float(((w * d).sum(1)[used] / w.sum(1)[used]).mean())
+            out[f"ESS (tau {tau})"] = float(torch.stack([effective_sample_size(row) for row in w]).mean())
+        return out
+
+    rows = [{"signal": "uniform (unweighted PL)", "n": len(truth), **weighting(torch.ones_like(truth))},
+            {"signal": "oracle (true Dice)", "n": len(truth), **weighting(truth)}]
+    for first, second in (("g", "mirror_agreement"), ("self_estimate", "mirror_agreement"), ("g", "self_estimate")):
+        values[f"{first}+{second}"] = (values[first] + values[second]) / 2
+    for name in [k for k in values if k != "true Dice"]:
+        figures = agreement(values[name].numpy(), truth.numpy())
+        rows.append({"signal": name, "n": figures["n"], "mean": float(values[name].mean()),
+                     **{k: figures[k] for k in ("mae", "bias", "pearson", "spearman")}, **weighting(values[name])})
+    for row in rows[:2]:
+        row["mean"] = float(truth.mean())
+    return {"batch_size": batch_size, "rows": rows, "values": {k: v.tolist() for k, v in values.items()}}
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ import torch
 from conftest import HIPPOCAMPUS, PHANTOM_DATASET, nnunet_env, requires_hippocampus, run_cli, trainer_checks_fixture
 
 # the body of check(trainer, args), run on the real trainers in one subprocess (conftest.run_trainer_checks);
-# args[0]: which weight the trainer must give ("oracle", "unweighted", "shuffled" or "g")
+# args[0]: which weight the trainer must give ("oracle", "unweighted", "shuffled", "g" or "mirror")
 CHECK = """
     from nnunet_qg.quality.dice import soft_dice_per_label
     from nnunet_qg.quality.training import one_hot_foreground
     from nnunet_qg.ssl_losses import per_sample_dice_ce, quality_weights, weighted_mean
+    from nnunet_qg.experiments.pseudo_label_quality import mirror_agreement
     kind = args[0]
+    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # the mirror axes, as training sets them
     torch.manual_seed(0)
     x = torch.randn(4, 1, *trainer.configuration_manager.patch_size)
     trainer.quality.freeze()  # as after the warm-up
@@ -41,7 +43,11 @@ CHECK = """
                 break
         assert weights is not None, "the shuffled weights are no permutation of g's"
     else:
-        weights = {"oracle": quality_weights(true), "unweighted": torch.ones(4), "g": g_weights}[kind]
+        mirror = mirror_agreement(trainer.teacher_probabilities, x, mask, trainer.inference_allowed_mirroring_axes,
+                                  trainer.quality.channel_one_hot)
+        assert len(trainer.inference_allowed_mirroring_axes) == 3  # the phantom is 3D: three mirror axes
+        weights = {"oracle": quality_weights(true), "unweighted": torch.ones(4), "g": g_weights,
+                   "mirror": quality_weights(mirror)}[kind]
     if kind == "oracle":
         assert weights[:2].eq(1).all() and weights[2:].eq(0).all(), weights  # perfect pseudo-labels kept only
     expected = weighted_mean(losses, weights)
@@ -55,7 +61,7 @@ CHECK = """
     print("OK", kind, [round(float(w), 3) for w in weights])
 """
 ARMS = [("nnUNetTrainerOraclePL", "oracle"), ("nnUNetTrainerUnweightedPL", "unweighted"),
-        ("nnUNetTrainerShuffledPL", "shuffled"), ("nnUNetTrainerQGSSL_PLQW", "g")]
+        ("nnUNetTrainerShuffledPL", "shuffled"), ("nnUNetTrainerQGSSL_PLQW", "g"), ("nnUNetTrainerMirrorPL", "mirror")]
 
 
 checked = trainer_checks_fixture(CHECK, [(t, PHANTOM_DATASET, kind) for t, kind in ARMS], "control_checks")
@@ -79,6 +85,32 @@ def test_withheld_labels_only_in_benchmark_trainers():
     for shipped in ("nnUNetTrainerQGSSL", "nnUNetTrainerQGSSL_PLQW", "nnUNetTrainerMeanTeacher", "nnUNetTrainerMTQW"):
         assert not issubclass(getattr(trainers, shipped), WithheldLabels), shipped
     assert issubclass(nnUNetTrainerOraclePL, WithheldLabels)
+
+
+def test_mirror_agreement_is_one_for_an_equivariant_predictor_and_drops_for_a_position_bound_one():
+    """The mirror agreement of experiments/pseudo_label_quality.py: a predictor that follows the image agrees
+    with itself under every mirroring; one that paints the left half whatever the image loses the axis that
+    moves the left half (Dice 0) and keeps the other (Dice 1): mean 0.5."""
+    from nnunet_qg.experiments.pseudo_label_quality import mirror_agreement
+    from nnunet_qg.quality.training import one_hot_foreground
+
+    torch.manual_seed(0)
+    images = torch.randn(3, 1, 8, 10)
+    one_hot = lambda channels: one_hot_foreground(channels, [1])  # noqa: E731
+
+    def follows_image(x):
+        return torch.cat([(x <= 0).float(), (x > 0).float()], 1)
+
+    def left_half(x):
+        fg = torch.zeros_like(x)
+        fg[..., :5] = 1
+        return torch.cat([1 - fg, fg], 1)
+
+    for probabilities_of, expected in ((follows_image, 1.0), (left_half, 0.5)):
+        pseudo = one_hot(probabilities_of(images).argmax(1, keepdim=True))
+        agreement = mirror_agreement(probabilities_of, images, pseudo, (0, 1), one_hot)
+        assert agreement.shape == (3,) and torch.allclose(agreement, torch.full((3,), expected)), agreement
+    assert torch.equal(mirror_agreement(left_half, images, pseudo, (), one_hot), torch.ones(3))
 
 
 def test_two_view_transform_keeps_the_withheld_segmentation_aligned():

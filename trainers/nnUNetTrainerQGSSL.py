@@ -95,6 +95,12 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         pseudo = teacher_probs.argmax(1, keepdim=True)
         return pseudo, self.quality.channel_one_hot(pseudo)
 
+    def pseudo_label_quality(self, view_teacher: torch.Tensor, teacher_probs: torch.Tensor, pseudo_mask: torch.Tensor,
+                             g_scores: torch.Tensor) -> torch.Tensor:
+        """The quality score q (B,) of each pseudo-label that PL-QW weights and logs: g's (the paper's). Research
+        arms score it otherwise (experiments/trainers/pseudo_label_quality.py)."""
+        return g_scores
+
     def quality_weight(self, quality: torch.Tensor) -> torch.Tensor:
         return quality_weights(quality, self.quality_temperature, self.quality_threshold)
 
@@ -162,8 +168,9 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         if use_plqw:
             with torch.no_grad():
                 true_dice = self.pseudo_label_true_dice(pseudo_mask)
-            loss, info = self.plqw_loss(output_unlabeled, teacher_probs, pseudo, quality[0].detach().float().mean(1),
-                                        true_dice)
+            scores = self.pseudo_label_quality(view_teacher, teacher_probs, pseudo_mask,
+                                               quality[0].detach().float().mean(1))
+            loss, info = self.plqw_loss(output_unlabeled, teacher_probs, pseudo, scores, true_dice)
             total = total + self._weights["plqw"] * loss
             extras.update(info, ssl_loss_plqw=loss.detach())
         if use_qar:

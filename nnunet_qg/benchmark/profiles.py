@@ -21,10 +21,13 @@ ARMS: Dict[str, str] = {
     "pl_qw_ema999": "nnUNetTrainerQGSSL_PLQWema999",  # PL-QW with the paper's EMA decay 0.999 (ours 0.99)
     "pl_qw_unlabeled2x": "nnUNetTrainerQGSSL_PLQWunlabeled2x",  # PL-QW, 2 unlabelled patches per labelled one
     "pl_qw_refresh_corrupted": "nnUNetTrainerQGSSL_PLQWrefreshCorrupted",  # g refreshed on corrupted masks only
+    # research (experiments/trainers/pseudo_label_quality.py): PL-QW with the teacher's mirror agreement as q
+    "pl_mirror": "nnUNetTrainerMirrorPL",  # the paper's T = 2, tau = 0.5
+    "pl_mirror_tau08": "nnUNetTrainerMirrorPLtau08",  # tau = 0.8
 }
 # the evidence budget only
 CONTROL_ARMS = ("unweighted_pl", "oracle_pl", "shuffled_pl", "pl_qw_batch_size", "pl_qw_ema999", "pl_qw_unlabeled2x",
-                "pl_qw_refresh_corrupted")
+                "pl_qw_refresh_corrupted", "pl_mirror", "pl_mirror_tau08")
 STANDARD_ARMS = tuple(a for a in ARMS if a not in CONTROL_ARMS)  # every budget of nnUNetTrainer_benchmark
 LOWER_BOUND, UPPER_BOUND = "supervised", "full_supervision"
 # 2D sources have no split file of their own: the benchmark writes one (seeded) with these sizes
@@ -32,10 +35,11 @@ GENERATED_SPLITS = {"ph2": {"num_test": 50, "labelled_sets": {"20labelled": 20},
 SUPERVISED_ARMS = (LOWER_BOUND, UPPER_BOUND)
 # the evidence profile's arms in the order they run: the two bounds (the gap to close), then the arms that
 # decide the claim (6 runs), then the others (3 runs; docs/benchmarks.md)
-EVIDENCE_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_qw", "oracle_pl", "qg_ssl", "shuffled_pl",
-                 "mean_teacher", "pl_qw_batch_size", "pl_qw_ema999", "pl_qw_unlabeled2x", "pl_qw_refresh_corrupted")
+EVIDENCE_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_qw", "oracle_pl", "pl_mirror", "qg_ssl", "shuffled_pl",
+                 "mean_teacher", "pl_qw_batch_size", "pl_qw_ema999", "pl_qw_unlabeled2x", "pl_qw_refresh_corrupted",
+                 "pl_mirror_tau08")
 EVIDENCE_FEWER_RUNS = {UPPER_BOUND: 3, "qg_ssl": 3, "shuffled_pl": 3, "mean_teacher": 3, "pl_qw_batch_size": 3,
-                       "pl_qw_ema999": 3, "pl_qw_unlabeled2x": 3, "pl_qw_refresh_corrupted": 3}
+                       "pl_qw_ema999": 3, "pl_qw_unlabeled2x": 3, "pl_qw_refresh_corrupted": 3, "pl_mirror_tau08": 3}
 
 
 @dataclass(frozen=True)
