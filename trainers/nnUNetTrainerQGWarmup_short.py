@@ -1,7 +1,7 @@
 """Short-schedule variants of nnUNetTrainerQGWarmup."""
 import torch
 
-from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
+from nnunet_qg.trainers.nnUNetTrainerQGSSL import nnUNetTrainerQGWarmup
 from nnunet_qg.trainers.short_schedule import ShortSchedule
 
 

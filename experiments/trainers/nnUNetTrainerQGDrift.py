@@ -50,7 +50,7 @@ from nnunet_qg.plotting import plot_progress_panels
 from nnunet_qg.quality.dice import soft_dice_per_label
 from nnunet_qg.quality.metrics import pooled_agreement_per_label
 from nnunet_qg.quality.network import save_quality_predictor
-from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
+from nnunet_qg.trainers.nnUNetTrainerQGSSL import nnUNetTrainerQGWarmup
 from nnunet_qg.trainers.short_schedule import ShortSchedule
 
 DRIFT_FILE = "quality_drift.json"

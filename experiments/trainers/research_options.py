@@ -16,7 +16,7 @@ import torch
 from nnunet_qg.experiments.quality import (Logits, ResearchQualityPredictorTrainer, research_quality_predictor,
                                            upsampled_predictions)
 from nnunet_qg.networks import highest_resolution
-from nnunet_qg.trainers.nnUNetTrainerQGWarmup import nnUNetTrainerQGWarmup
+from nnunet_qg.trainers.nnUNetTrainerQGSSL import nnUNetTrainerQGWarmup
 from nnunet_qg.trainers.short_schedule import ShortSchedule
 
 
