@@ -3,8 +3,10 @@
 Generates a synthetic phantom (or takes an MSD folder with --data), converts it with a labelled /
 unlabelled / test split, plans and preprocesses with stock nnU-Net, preprocesses the unlabelled
 images, trains the semi-supervised trainer, predicts the held-out test cases with
-`nnUNetv2_predict`, evaluates them with nnU-Net's evaluation and prints a table. Every stage runs
-the real console scripts; their logs go to `<output>/logs/`.
+`nnUNetv2_predict`, evaluates them with nnU-Net's evaluation, prints a table, and checks the predictions'
+quality with `nnUNetv2_predict_quality` (calibrated on labelled phantom cases that took no part in
+training; with --data uncalibrated). Every stage runs the real console scripts; their logs go to
+`<output>/logs/`.
 """
 import argparse
 import json
@@ -21,8 +23,9 @@ from nnunet_qg.pipeline import StageError
 
 STAGE_NAMES = ("Data (a generated phantom, or --data)", "Conversion to an nnU-Net raw dataset with imagesUnlabeled/",
                "Planning and preprocessing, labelled and unlabelled", "Training (one line per epoch)",
-               "Prediction of the held-out test cases", "Evaluation")
+               "Prediction of the held-out test cases", "Evaluation", "Quality control of the predictions")
 STAGES = len(STAGE_NAMES)
+CALIBRATION_CASES = 12  # labelled phantom cases (another seed than the training data's) for quality control
 
 
 def _stage(i: int, text: str) -> None:
@@ -53,7 +56,8 @@ def run_demo(output: str, data: Optional[str], dataset_id: int, num_labelled: in
     logs = join(output, "logs")
     n_proc = int(env["nnUNet_def_n_proc"])
 
-    if data is None:
+    generated = data is None
+    if generated:
         from nnunet_qg.phantom import make_phantom_msd
 
         _stage(1, f"Generating a synthetic phantom dataset ({num_phantom_cases} cases)")
@@ -89,6 +93,20 @@ def run_demo(output: str, data: Optional[str], dataset_id: int, num_labelled: in
         raise SystemExit(f"ERROR: {e}")
     labels = sorted(v for v in json.load(open(join(raw, "dataset.json")))["labels"].values() if v > 0)
     _print_table(summary, labels, pipeline.model_folder(env, dataset_id, trainer), predictions)
+    _stage(7, "Quality control: which test predictions to check by hand (nnUNetv2_predict_quality)")
+    calibration = None
+    if generated:
+        from nnunet_qg.phantom import make_phantom_labelled_cases
+
+        shutil.rmtree(join(output, "source", "calibration"), ignore_errors=True)
+        calibration = make_phantom_labelled_cases(join(output, "source", "calibration"), CALIBRATION_CASES, seed=1)
+        print(f"      calibrated on {CALIBRATION_CASES} labelled phantom cases that took no part in training "
+              f"({join(output, 'source', 'calibration')})", flush=True)
+    quality = join(output, "quality_control")
+    _run(pipeline.quality_control, dataset_id, "3d_fullres", "0", trainer, join(raw, "imagesTs"), predictions,
+         quality, env, join(logs, "quality_control.log"), reference=join(raw, "labelsTs"), calibration_cases=calibration)
+    with open(join(quality, "quality.json")) as f:
+        _print_quality(json.load(f), join(quality, "quality.csv"))
     return summary
 
 
@@ -116,6 +134,22 @@ def _print_table(summary: dict, labels: List[int], model_folder: str, prediction
     print(f"\nModel folder: {model_folder}\n  (progress.png, progress_ssl.png, quality_calibration*.png, "
           f"checkpoint_final.pth)")
     print(f"Predictions and summary.json: {predictions}")
+
+
+def _print_quality(report: dict, csv_file: str) -> None:
+    """nnUNetv2_predict_quality's verdict per test case and label, worst first, beside the true Dice."""
+    calibration = report["calibration"]
+    how = f"calibrated on {calibration['n_cases']} cases" if calibration else "UNCALIBRATED raw scores"
+    print(f"\nPredicted Dice without ground truth ({report['estimator']}, {how}), worst first; flagged below "
+          f"{report['threshold']}:")
+    print(f"  {'case':<16}{'label':<8}{'predicted':>10}{'true':>8}  flag")
+    rows = sorted(((case["case"], label, values) for case in report["cases"] for label, values in case["labels"].items()),
+                  key=lambda r: r[2]["predicted_dice"])
+    for case, label, values in rows:
+        print(f"  {case:<16}{label:<8}{values['predicted_dice']:>10.3f}{values['true_dice']:>8.3f}  "
+              f"{'FLAG' if values['flagged'] else ''}")
+    flagged = sum(case["flagged"] for case in report["cases"])
+    print(f"{flagged} of {len(report['cases'])} case(s) flagged for a check by hand. Report: {csv_file}")
 
 
 def entry_point() -> None:

@@ -49,11 +49,34 @@ def make_phantom_case(rng: np.random.RandomState, shape: Tuple[int, int, int],
     return (image * bias).astype(np.float32), label
 
 
+def _write_volume(array: np.ndarray, path: str) -> None:
+    """One volume as NIfTI with 1 mm spacing."""
+    import SimpleITK as sitk
+
+    itk = sitk.GetImageFromArray(array)
+    itk.SetSpacing((1.0, 1.0, 1.0))
+    sitk.WriteImage(itk, path)
+
+
+def make_phantom_labelled_cases(folder: str, num_cases: int, seed: int,
+                                shape: Tuple[int, int, int] = (28, 32, 28)) -> Tuple[str, str]:
+    """Write `num_cases` phantom cases in nnU-Net's naming, `folder`/images/phantom_cal_XXX_0000.nii.gz and
+    `folder`/labels/phantom_cal_XXX.nii.gz (labelled cases to calibrate quality control with); returns the two
+    folders. Use a `seed` other than the training data's, so that no case repeats one of it."""
+    images, labels = join(folder, "images"), join(folder, "labels")
+    os.makedirs(images, exist_ok=True)
+    os.makedirs(labels, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    for i in range(num_cases):
+        image, label = make_phantom_case(rng, shape)
+        _write_volume(image, join(images, f"phantom_cal_{i:03d}_0000.nii.gz"))
+        _write_volume(label, join(labels, f"phantom_cal_{i:03d}.nii.gz"))
+    return images, labels
+
+
 def make_phantom_msd(folder: str, num_cases: int = 16, shape: Tuple[int, int, int] = (28, 32, 28),
                      seed: int = 0, structure_scale: float = 1.0) -> str:
     """Write `num_cases` phantom cases as an MSD task (imagesTr, labelsTr, dataset.json)."""
-    import SimpleITK as sitk
-
     if len(shape) != 3 or min(shape) < 4:
         raise ValueError(f"shape must be 3 sizes of at least 4 voxels, got {tuple(shape)}")
     _check_structure_scale(structure_scale)  # before anything is written
@@ -65,9 +88,7 @@ def make_phantom_msd(folder: str, num_cases: int = 16, shape: Tuple[int, int, in
         image, label = make_phantom_case(rng, shape, structure_scale)
         name = f"phantom_{i:03d}.nii.gz"
         for array, sub in ((image, "imagesTr"), (label, "labelsTr")):
-            itk = sitk.GetImageFromArray(array)
-            itk.SetSpacing((1.0, 1.0, 1.0))
-            sitk.WriteImage(itk, join(folder, sub, name))
+            _write_volume(array, join(folder, sub, name))
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
     dataset_json = {"name": "Phantom", "description": "Synthetic two-structure phantom (nnunet-qg)",
                     "tensorImageSize": "3D", "modality": {"0": "MRI"},

@@ -103,6 +103,18 @@ def predict(dataset_id: int, configuration: str, fold: str, trainer: str, input_
     return run_logged(cmd + ([] if tta else ["--disable_tta"]), env, log_file)
 
 
+def quality_control(dataset_id: int, configuration: str, fold: str, trainer: str, images: str, segmentations: str,
+                    output_folder: str, env: Dict[str, str], log_file: str, reference: Optional[str] = None,
+                    calibration_cases: Optional[Sequence[str]] = None) -> float:
+    """nnUNetv2_predict_quality on the segmentations of `images` (with --reference: the true Dice beside it;
+    with calibration_cases (IMAGES, LABELS): calibrated on them); its report is `output_folder`/quality.json."""
+    cmd = ["nnUNetv2_predict_quality", "-i", images, "-s", segmentations, "-o", output_folder, "-d", str(dataset_id),
+           "-c", configuration, "-tr", trainer, "-f", str(fold)]
+    cmd += ["--reference", reference] if reference else []
+    cmd += ["--calibration-cases", *calibration_cases] if calibration_cases else []
+    return run_logged(cmd, env, log_file)
+
+
 def evaluate(reference_folder: str, predictions: str, env: Dict[str, str], log_file: str,
              num_processes: int = 1) -> dict:
     """nnUNetv2_evaluate_folder (reads files with the dataset's own reader); returns summary.json."""

@@ -70,9 +70,9 @@ def test_report_rewrites_paired_differences_and_diagnostics(tmp_path):
     assert summary["commit"] == "abc1234"  # the run's commit, not the report's
     diag = summary["diagnostics"]
     assert diag["pl_qw"]["student val Dice"] == pytest.approx(0.8)  # last half of the epochs
-    assert diag["pl_qw"]["g-truth Pearson"] == pytest.approx(0.4)  # non-finite values left out
-    assert diag["supervised"]["g-truth Pearson"] is None
-    assert "g-truth Pearson" in proc.stdout and (tmp_path / "evidence_paired.png").is_file()
+    assert diag["pl_qw"]["q-truth Pearson"] == pytest.approx(0.4)  # non-finite values left out
+    assert diag["supervised"]["q-truth Pearson"] is None
+    assert "q-truth Pearson" in proc.stdout and (tmp_path / "evidence_paired.png").is_file()
 
 
 def test_report_without_a_run_names_the_missing_file(tmp_path):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import HIPPOCAMPUS, PHANTOM_ID, SHARED_DATA, nnunet_env, requires_hippocampus, run_cli, \
-    train_on_corruptions
+from conftest import (HIPPOCAMPUS, PH2_DATASET, PH2_ID, PHANTOM_ID, nnunet_env, plan, requires_hippocampus,
+                      requires_ph2, run_cli, train_on_corruptions)
 from nnunet_qg.phantom import make_phantom_case
 from nnunet_qg.quality.network import save_quality_predictor
 from nnunet_qg.quality_control.calibration import (apply_map, calibration_key, find_entry, fit_entry, fit_map,
@@ -19,7 +19,6 @@ from nnunet_qg.quality_control.signals import DEFAULT_ESTIMATOR, expected_dice, 
 
 DATASET = f"Dataset{PHANTOM_ID:03d}_Phantom"
 TRAINER = "nnUNetTrainerQGSSL_debug"  # the session's model (conftest.TrainedModels), on a copy of it
-PH2_REAL = SHARED_DATA / "ph2"
 
 
 def _rows(folder: Path):
@@ -211,6 +210,10 @@ def test_calibration_is_monotone_and_stored(tmp_path):
     mapped = apply_map(mapping, grid)
     assert np.all(np.diff(mapped) >= 0) and mapping["n"] == 200
     assert np.abs(apply_map(mapping, score[:, 0]) - true[:, 0]).mean() < np.abs(score[:, 0] - true[:, 0]).mean()
+    # beyond the calibration cases: flat above the best, falling with the score below the worst (a failure worse
+    # than every calibration case is not lifted to the worst one's Dice)
+    good = {"x": [0.90, 0.95], "y": [0.80, 0.90], "n": 12}
+    assert apply_map(good, [0.99, 0.95, 0.90, 0.80, 0.0]) == pytest.approx([0.90, 0.90, 0.80, 0.70, 0.0])
     key = calibration_key([0, 1], "checkpoint_final.pth", True)
     entry = fit_entry({"self_estimate": score}, true, rng.rand(200, 2) * 1000 + 10, [1, 2], key, "test cases")
     path = str(tmp_path / "quality_calibration.json")
@@ -249,7 +252,7 @@ def test_failed_hippocampus_segmentations_are_flagged(tmp_path):
     run_cli(["nnUNetv2_convert_MSD_ssl", "-i", str(HIPPOCAMPUS), "-d", "4", "--split-file",
              str(HIPPOCAMPUS / "ssl_splits.json"), "--num-labelled", "50", "--max-unlabelled", "0",
              "--max-test", "3"], env)
-    run_cli(["nnUNetv2_plan_and_preprocess", "-d", "4", "-c", "2d", "-np", "2"], {**env, "nnUNet_n_proc_DA": "2"})
+    plan(4, env, "2d")
     trainer = "nnUNetTrainer_cpuMedium"  # nnUNetTrainer, 20 x 30 iterations at batch 2
     run_cli(["nnUNetv2_train", "4", "2d", "0", "-tr", trainer, "-device", "cpu"], env, timeout=3600)
     raw = Path(env["nnUNet_raw"]) / "Dataset004_Hippocampus"
@@ -272,23 +275,18 @@ def test_failed_hippocampus_segmentations_are_flagged(tmp_path):
 
 
 @pytest.mark.full
-def test_quality_control_on_2d_rgb_images(tmp_path):
-    """PH2 as nnUNetv2_convert_PH2_ssl writes it: one RGB PNG holds the three channels (NaturalImage2DIO)."""
-    if not (PH2_REAL / "images").is_dir():
-        pytest.skip(f"real PH2 data not found at {PH2_REAL} (only on development and CI machines)")
-    env = nnunet_env(tmp_path)
+@requires_ph2
+def test_quality_control_on_2d_rgb_images(ph2_model, tmp_path):
+    """PH2 as nnUNetv2_convert_PH2_ssl writes it: one RGB PNG holds the three channels (NaturalImage2DIO); a copy
+    of the session's PH2 QG-SSL model (conftest.ph2_model) with the g it learned."""
+    env = ph2_model.copy_to(tmp_path)
     env["OMP_NUM_THREADS"] = "1"
-    run_cli(["nnUNetv2_convert_PH2_ssl", "-i", str(PH2_REAL), "-d", "850", "--num-labelled", "6", "--num-test", "3",
-             "--max-unlabelled", "4"], env)
-    raw = Path(env["nnUNet_raw"]) / "Dataset850_PH2"
+    raw = Path(env["nnUNet_raw"]) / PH2_DATASET
     assert len(json.loads((raw / "dataset.json").read_text())["channel_names"]) == 3
     assert all(p.name.endswith("_0000.png") for p in (raw / "imagesTs").iterdir())  # one file per case
-    run_cli(["nnUNetv2_plan_and_preprocess", "-d", "850", "-c", "2d", "-np", "2"], {**env, "nnUNet_n_proc_DA": "2"})
-    run_cli(["nnUNetv2_preprocess_unlabeled", "-d", "850", "-c", "2d", "-np", "2"], env)
-    trainer = "nnUNetTrainerQGWarmup_debug"
-    run_cli(["nnUNetv2_train", "850", "2d", "0", "-tr", trainer, "-device", "cpu"], env, timeout=1800)
+    trainer = ph2_model.trainer
     out = tmp_path / "qc"
-    proc = run_cli(["nnUNetv2_predict_quality", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", "850",
+    proc = run_cli(["nnUNetv2_predict_quality", "-i", str(raw / "imagesTs"), "-o", str(out), "-d", str(PH2_ID),
                     "-c", "2d", "-tr", trainer, "-f", "0", "-device", "cpu", "--reference", str(raw / "labelsTs"),
                     "--threshold", "1.0", "--pictures"], env, timeout=1800)
     rows = _rows(out)
@@ -305,7 +303,7 @@ def test_quality_control_on_2d_rgb_images(tmp_path):
     grey.mkdir()
     image = io.imread(raw / "imagesTs" / f"{cases[0]}_0000.png")
     io.imsave(grey / f"{cases[0]}_0000.png", image[..., 0], check_contrast=False)
-    proc = run_cli(["nnUNetv2_predict_quality", "-i", str(grey), "-o", str(tmp_path / "qc_grey"), "-d", "850",
+    proc = run_cli(["nnUNetv2_predict_quality", "-i", str(grey), "-o", str(tmp_path / "qc_grey"), "-d", str(PH2_ID),
                     "-c", "2d", "-tr", trainer, "-f", "0", "-device", "cpu"], env, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert f"Case {cases[0]}" in proc.stderr and "holds 1 channel(s)" in proc.stderr and "expects 3" in proc.stderr

@@ -301,8 +301,9 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         if self._quality_truth_pairs:
             score, truth = (torch.cat(t).float().cpu().numpy() for t in zip(*self._quality_truth_pairs))
             figures = agreement(score, truth)
-            self.print_to_log_file(f"g on this epoch's pseudo-labels against their withheld labels: Pearson "
-                                   f"{figures['pearson']:.4f}, bias {figures['bias']:+.4f}, n {figures['n']}")
+            self.print_to_log_file(f"PL-QW's quality score q (g's, or a research arm's) of this epoch's pseudo-labels "
+                                   f"against their withheld labels: Pearson {figures['pearson']:.4f}, bias "
+                                   f"{figures['bias']:+.4f}, n {figures['n']}")
         self.logger.log("ssl_quality_true_pearson", figures["pearson"], self.current_epoch)
         self.logger.log("ssl_quality_true_bias", figures["bias"], self.current_epoch)
 

@@ -63,12 +63,14 @@ def paired_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-# what says which link of quality guidance fails: curve name (runner.CURVES) -> column
+# what says which link of quality guidance fails: curve name (runner.CURVES) -> column. q is the score PL-QW weights
+# with: g's, or a research arm's (the teacher's mirror agreement in pl_mirror*); the curves keep their names ("g")
+# because the ledger stores them by name
 DIAGNOSTICS = {"validation pseudo-Dice": "student val Dice",
                "EMA teacher validation pseudo-Dice": "teacher val Dice",
                "pseudo-labels: true Dice (withheld labels)": "pseudo-label true Dice",
-               "g vs true Dice of pseudo-labels: Pearson": "g-truth Pearson",
-               "g minus true Dice of pseudo-labels (bias)": "g bias",
+               "g vs true Dice of pseudo-labels: Pearson": "q-truth Pearson",
+               "g minus true Dice of pseudo-labels (bias)": "q bias",
                "quality weights: effective sample size": "weight ESS (of B)"}
 
 

@@ -13,8 +13,11 @@ pairs (raw score, true Dice) give, per label, the increasing map from score to D
 
 One entry per (folds, checkpoint, test-time mirroring), each with a map for every estimator that could be
 computed. A score maps to Dice by linear interpolation between the centres of the fitted blocks (`x`,
-`y`), constant beyond the first and last centre: increasing, so the ranking is kept (scores beyond the
-ends tie). `volumes_mm3`: the distribution of each label's true volume in those cases (a predicted volume
+`y`): increasing, so the ranking is kept. Above the last centre it stays at the last value (it promises no
+more than the best calibration cases earned). Below the first centre it falls with the score, slope 1
+(clipped at 0): a case scored lower than every calibration case keeps its distance below the lowest of them.
+A failed segmentation is often worse than every calibration case, and a map that stayed constant there would
+give it the lowest calibration case's Dice and hide it from the flag. `volumes_mm3`: the distribution of each label's true volume in those cases (a predicted volume
 far outside it is suspicious).
 """
 import datetime
@@ -65,8 +68,12 @@ def fit_map(scores: np.ndarray, true: np.ndarray) -> Dict:
 
 
 def apply_map(mapping: Dict, scores: np.ndarray) -> np.ndarray:
-    """Calibrated Dice of raw scores through one label's map."""
-    return np.interp(np.asarray(scores, float), mapping["x"], mapping["y"]).astype(np.float32)
+    """Calibrated Dice of raw scores through one label's map (below its first centre: slope 1, clipped at 0)."""
+    scores = np.asarray(scores, float)
+    calibrated = np.interp(scores, mapping["x"], mapping["y"])
+    below = scores < mapping["x"][0]
+    calibrated[below] = np.maximum(mapping["y"][0] - (mapping["x"][0] - scores[below]), 0.0)
+    return calibrated.astype(np.float32)
 
 
 def volume_statistics(volumes: np.ndarray) -> Dict[str, float]:
