@@ -71,8 +71,10 @@ def plan_and_preprocess(dataset_id: int, env: Dict[str, str], log_dir: str, conf
     """Stock nnUNetv2_plan_and_preprocess, then nnUNetv2_preprocess_unlabeled."""
     # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which must be > 0
     plan_env = {**env, "nnUNet_n_proc_DA": str(max(1, int(env.get("nnUNet_n_proc_DA", "1"))))}
+    # -npfp: nnU-Net's fingerprint extraction otherwise starts 8 processes, whatever the machine has
     seconds = run_logged(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration,
-                          "-np", str(num_processes)], plan_env, join(log_dir, f"plan_and_preprocess_{dataset_id}.log"))
+                          "-np", str(num_processes), "-npfp", str(num_processes)], plan_env,
+                         join(log_dir, f"plan_and_preprocess_{dataset_id}.log"))
     if unlabelled:
         seconds += run_logged(["nnUNetv2_preprocess_unlabeled", "-d", str(dataset_id), "-c", configuration,
                                "-np", str(num_processes)], env, join(log_dir, f"preprocess_unlabeled_{dataset_id}.log"))

@@ -21,6 +21,11 @@ HIPPOCAMPUS = SHARED_DATA / "hippocampus"
 requires_hippocampus = pytest.mark.skipif(
     not (HIPPOCAMPUS / "ssl_splits.json").is_file(),
     reason=f"real Hippocampus data not found at {HIPPOCAMPUS} (only on development and CI machines)")
+PH2 = SHARED_DATA / "ph2"
+requires_ph2 = pytest.mark.skipif(
+    not (PH2 / "images").is_dir(), reason=f"real PH2 data not found at {PH2} (only on development and CI machines)")
+PH2_ID = 850
+PH2_DATASET = f"Dataset{PH2_ID}_PH2"
 
 PHANTOM_ID = 901
 PHANTOM_DATASET = f"Dataset{PHANTOM_ID:03d}_Phantom"
@@ -157,12 +162,18 @@ def kill_after_first_checkpoint(cmd: List[str], env: Dict[str, str], fold: Path,
     proc.wait()
 
 
-def plan_and_preprocess(dataset_id: int, env: Dict[str, str]) -> None:
-    """Stock planning + preprocessing, then the unlabelled images (3d_fullres)."""
-    # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which must be > 0
-    run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", "3d_fullres", "-np", "2"],
+def plan(dataset_id: int, env: Dict[str, str], configuration: str = "3d_fullres") -> None:
+    """Stock planning + preprocessing of the labelled cases (one configuration), 2 processes for each step."""
+    # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which must be > 0. -npfp: nnU-Net's
+    # default of 8 fingerprint processes starts 8 interpreters (about 2 s of imports each) on 2 cores
+    run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration, "-npfp", "2", "-np", "2"],
             {**env, "nnUNet_n_proc_DA": "2"})
-    run_cli(["nnUNetv2_preprocess_unlabeled", "-d", str(dataset_id), "-c", "3d_fullres", "-np", "2"], env)
+
+
+def plan_and_preprocess(dataset_id: int, env: Dict[str, str], configuration: str = "3d_fullres") -> None:
+    """Stock planning + preprocessing, then the unlabelled images (one configuration)."""
+    plan(dataset_id, env, configuration)
+    run_cli(["nnUNetv2_preprocess_unlabeled", "-d", str(dataset_id), "-c", configuration, "-np", "2"], env)
 
 
 @pytest.fixture(scope="session")
@@ -194,20 +205,38 @@ KILLED_AND_RESUMED = ("nnUNetTrainerQGSSL_debug", "nnUNetTrainerSSL_debug", "nnU
 
 @dataclass
 class TrainedModel:
-    """A phantom model (3d_fullres, fold 0) trained once per session. Read it, never change it: a test that
-    writes into a model folder works on `copy_to`."""
+    """A model (fold 0) trained through nnUNetv2_train, most of them once per session. Read it, never change
+    it: a test that writes into a model folder works on `copy_to`."""
 
     trainer: str
-    env: Dict[str, str]  # phantom_env with the session's results folder
+    env: Dict[str, str]  # the dataset's nnU-Net folders (phantom_env with the session's results folder)
     fold: Path
     stdout: str  # of the (last) nnUNetv2_train call
     interrupted: Optional[Path] = None  # checkpoint_latest.pth as the killed call left it (copied out of the fold)
 
     def copy_to(self, root: Path) -> Dict[str, str]:
-        """phantom_env with a results folder of its own under `root` that holds a copy of this model."""
+        """self.env with a results folder of its own under `root` that holds a copy of this model."""
         env = {**self.env, "nnUNet_results": str(root / "nnUNet_results")}
-        shutil.copytree(self.fold.parent, Path(env["nnUNet_results"]) / PHANTOM_DATASET / self.fold.parent.name)
+        model = self.fold.parent
+        shutil.copytree(model, Path(env["nnUNet_results"]) / model.parent.name / model.name)
         return env
+
+
+def model_fold(env: Dict[str, str], dataset: str, trainer: str, configuration: str) -> Path:
+    """Fold 0 of `trainer`'s model of `dataset` (nnUNetPlans, `configuration`) in env's results folder."""
+    return Path(env["nnUNet_results"]) / dataset / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
+
+
+def train_command(dataset_id: int, configuration: str, trainer: str) -> List[str]:
+    """nnUNetv2_train of fold 0 on the CPU."""
+    return ["nnUNetv2_train", str(dataset_id), configuration, "0", "-tr", trainer, "-device", "cpu"]
+
+
+def train_model(env: Dict[str, str], dataset_id: int, dataset: str, configuration: str, trainer: str,
+                timeout: int = 1500) -> TrainedModel:
+    """`trainer`'s model of the preprocessed dataset (fold 0), trained in one nnUNetv2_train call."""
+    proc = run_cli(train_command(dataset_id, configuration, trainer), env, timeout=timeout)
+    return TrainedModel(trainer, env, model_fold(env, dataset, trainer, configuration), proc.stdout)
 
 
 class TrainedModels:
@@ -230,23 +259,57 @@ class TrainedModels:
         return model
 
     def _train(self, trainer: str) -> TrainedModel:
-        fold = self.root / PHANTOM_DATASET / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
-        cmd = ["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", trainer, "-device", "cpu"]
-        interrupted = None
-        if trainer in KILLED_AND_RESUMED:
-            kill_after_first_checkpoint(cmd, self.env, fold)  # mid-training
-            assert not (fold / "checkpoint_final.pth").is_file(), "killed after the training had finished"
-            interrupted = self.root / "interrupted" / f"{trainer}.pth"
-            interrupted.parent.mkdir(exist_ok=True)
-            shutil.copy(fold / "checkpoint_latest.pth", interrupted)
-            cmd = cmd + ["--c"]
-        return TrainedModel(trainer, self.env, fold, run_cli(cmd, self.env).stdout, interrupted)
+        if trainer not in KILLED_AND_RESUMED:
+            return train_model(self.env, PHANTOM_ID, PHANTOM_DATASET, "3d_fullres", trainer, timeout=900)
+        fold = model_fold(self.env, PHANTOM_DATASET, trainer, "3d_fullres")
+        cmd = train_command(PHANTOM_ID, "3d_fullres", trainer)
+        kill_after_first_checkpoint(cmd, self.env, fold)  # mid-training
+        assert not (fold / "checkpoint_final.pth").is_file(), "killed after the training had finished"
+        interrupted = self.root / "interrupted" / f"{trainer}.pth"
+        interrupted.parent.mkdir(exist_ok=True)
+        shutil.copy(fold / "checkpoint_latest.pth", interrupted)
+        return TrainedModel(trainer, self.env, fold, run_cli(cmd + ["--c"], self.env).stdout, interrupted)
 
 
 @pytest.fixture(scope="session")
 def trained_models(phantom_env, tmp_path_factory) -> TrainedModels:
     """The session's phantom models (`trained_models.get(trainer)`), in a results folder of their own."""
     return TrainedModels(phantom_env, tmp_path_factory.mktemp("trained"))
+
+
+def downscaled_copy(source: Path, target: Path, resample: int) -> None:
+    """Every PNG of `source` at half its width and height in `target` (created)."""
+    from PIL import Image
+
+    target.mkdir(parents=True)
+    for path in sorted(source.glob("*.png")):
+        with Image.open(path) as image:
+            image.resize((image.width // 2, image.height // 2), resample).save(target / path.name)
+
+
+@pytest.fixture(scope="session")
+def ph2_small(tmp_path_factory) -> Path:
+    """The real PH2 (all 200 cases, its PNG layout) at half the shared copy's width and height: a quarter of
+    the pixels, so about a quarter of the networks' work in the 2D runs (full tier). The shared copy itself is
+    converted by test_conversion.py."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("ph2_small")
+    downscaled_copy(PH2 / "images", root / "images", Image.LANCZOS)
+    downscaled_copy(PH2 / "masks", root / "masks", Image.NEAREST)  # stays 0 / 255
+    return root
+
+
+@pytest.fixture(scope="session")
+def ph2_model(ph2_small, tmp_path_factory) -> TrainedModel:
+    """QG-SSL (debug schedule) trained once per session on a PH2 subset (2d, RGB through NaturalImage2DIO):
+    6 labelled, 4 unlabelled and 3 test cases converted, planned and preprocessed (full tier: test_2d.py,
+    test_quality_control.py)."""
+    env = nnunet_env(tmp_path_factory.mktemp("ph2"))
+    run_cli(["nnUNetv2_convert_PH2_ssl", "-i", str(ph2_small), "-d", str(PH2_ID), "--num-labelled", "6",
+             "--num-test", "3", "--max-unlabelled", "4"], env)
+    plan_and_preprocess(PH2_ID, env, "2d")
+    return train_model(env, PH2_ID, PH2_DATASET, "2d", "nnUNetTrainerQGSSL_debug")
 
 
 def train_on_corruptions(cases, steps: int, patch_size=None, seed: int = 0):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import PHANTOM_ID, SHARED_DATA, kill_after_first_checkpoint, nnunet_env, run_cli
+from conftest import PHANTOM_ID, kill_after_first_checkpoint, nnunet_env, requires_ph2, run_cli
 
 from nnunet_qg.benchmark.report import markdown_table, summarise
 
@@ -60,15 +60,19 @@ def test_benchmark_pipeline_two_arms(tmp_path):
     assert float(logs["qg_ssl"]["train_losses"][1]) != float(logs["supervised"]["train_losses"][1])
 
     # --continue (a run cut off by a device's time limit): the prepared dataset and the finished arm
-    # are kept; an arm with only its latest checkpoint continues from it (nnUNetv2_train --c)
+    # are kept; an arm with only its latest checkpoint continues from it (nnUNetv2_train --c); with --ledger,
+    # every run that finishes is added to the ledger file
     folds = {r["arm"]: Path(r["model_folder"]) for r in runs}
     latest = folds["supervised"] / "checkpoint_latest.pth"
     (folds["supervised"] / "checkpoint_final.pth").rename(latest)
     # as if the call had been cut off 1000 s after it started, its last checkpoint written at the end
     record = folds["supervised"] / "benchmark_training.json"
     record.write_text(json.dumps({"calls": [{"start": latest.stat().st_mtime - 1000, "seconds": None}]}))
+    ledger = tmp_path / "ledger.json"
     again = run_cli(["nnUNetv2_qg_benchmark", "-i", str(source), "--profile", "tiny", "--fractions", "tiny",
-                     "-o", str(out), "-d", "720", "--seed", "0", "--continue"], env, timeout=1500)
+                     "-o", str(out), "-d", "720", "--seed", "0", "--continue", "--ledger", str(ledger)], env,
+                    timeout=1500)
+    assert "0 run(s) found in the ledger" in again.stdout
     assert "prepared by an earlier run, kept" in again.stdout
     assert "qg_ssl (tiny, run 0): trained by an earlier run, kept" in again.stdout
     rerun = {r["arm"]: r for r in json.loads((out / "ssl_benchmark.json").read_text())["runs"]}
@@ -79,11 +83,6 @@ def test_benchmark_pipeline_two_arms(tmp_path):
     assert rerun["qg_ssl"]["resumed"] is False  # kept, trained in one call
 
     # --ledger: finished runs kept in one file go on in a fresh output folder without training again
-    ledger = tmp_path / "ledger.json"
-    first = run_cli(["nnUNetv2_qg_benchmark", "-i", str(source), "--profile", "tiny", "--fractions", "tiny",
-                     "-o", str(out), "-d", "720", "--seed", "0", "--continue", "--ledger", str(ledger)], env,
-                    timeout=1500)
-    assert "0 run(s) found in the ledger" in first.stdout
     fresh = tmp_path / "bench_fresh"
     second = run_cli(["nnUNetv2_qg_benchmark", "-i", str(source), "--profile", "tiny", "--fractions", "tiny",
                       "-o", str(fresh), "-d", "720", "--seed", "0", "--ledger", str(ledger)], env, timeout=1500)
@@ -124,13 +123,13 @@ def test_seeded_run_resumed_with_c_draws_the_uninterrupted_runs_patches(phantom_
 
 
 @pytest.mark.full
-def test_benchmark_ph2_2d_profile_writes_its_split(tmp_path):
-    if not (SHARED_DATA / "ph2" / "images").is_dir():
-        pytest.skip(f"real PH2 data not found at {SHARED_DATA / 'ph2'} (only on development and CI machines)")
+@requires_ph2
+def test_benchmark_ph2_2d_profile_writes_its_split(ph2_small, tmp_path):
+    """On PH2's 200 cases, downscaled (conftest.ph2_small)."""
     env = nnunet_env(tmp_path / "unused")
     out = tmp_path / "bench"
     # one arm: the 2D semi-supervised trainers end to end are test_2d's (this test checks the profile's split)
-    run_cli(["nnUNetv2_qg_benchmark", "-i", str(SHARED_DATA / "ph2"), "--profile", "ph2-tiny", "-o", str(out),
+    run_cli(["nnUNetv2_qg_benchmark", "-i", str(ph2_small), "--profile", "ph2-tiny", "-o", str(out),
              "-d", "725", "--arms", "supervised"], env, timeout=1800)
     split = json.loads((out / "ph2_splits.json").read_text())
     assert (len(split["test"]), len(split["pool"]), len(split["labelled_sets"]["20labelled"])) == (50, 150, 20)

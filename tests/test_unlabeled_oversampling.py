@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import PHANTOM_DATASET, nnunet_env, run_cli, run_trainer_checks
+from conftest import PHANTOM_DATASET, nnunet_env, plan_and_preprocess, run_cli, run_trainer_checks
 
 # off (the default): the trainer's unlabelled loader, seeded, against nnU-Net's own loader without oversampling (what
 # the unlabelled loader was before the option existed), built on the same cases, patch sizes and augmentation
@@ -61,9 +61,7 @@ def large_fov_env(tmp_path_factory):
              "--structure-scale", "0.3"], env)
     run_cli(["nnUNetv2_convert_MSD_ssl", "-i", str(source), "-d", str(LARGE_FOV_ID), "--num-labelled", "3",
              "--num-test", "0", "--seed", "0", "--name", "PhantomLargeFOV"], env)
-    run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(LARGE_FOV_ID), "-c", "2d", "-np", "2"],
-            {**env, "nnUNet_n_proc_DA": "2"})
-    run_cli(["nnUNetv2_preprocess_unlabeled", "-d", str(LARGE_FOV_ID), "-c", "2d", "-np", "2"], env)
+    plan_and_preprocess(LARGE_FOV_ID, env, "2d")
     run_cli([sys.executable, "-m", "nnunet_qg.benchmark.withheld", "-d", str(LARGE_FOV_ID), "-c", "2d", "-l",
              str(source / "labelsTr"), "-np", "2"], env)
     return env
