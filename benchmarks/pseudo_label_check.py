@@ -132,9 +132,9 @@ def main() -> None:
 def judge_signals(trainer, batches: int, temperature: float, thresholds: Sequence[float]) -> dict:
     """Every candidate quality signal of the teacher's pseudo-labels on `batches` unlabelled batches, against
     their true Dice from the withheld labels (module docstring)."""
-    from nnunet_qg.experiments.pseudo_label_quality import mirror_agreement
+    from nnunet_qg.experiments.pseudo_label_quality import expected_dice_per_label, mirror_agreement
     from nnunet_qg.networks import highest_resolution
-    from nnunet_qg.quality.dice import expected_dice_per_label, soft_dice_per_label
+    from nnunet_qg.quality.dice import soft_dice_per_label
     from nnunet_qg.quality.metrics import agreement
     from nnunet_qg.quality.training import one_hot_foreground
     from nnunet_qg.ssl_losses import effective_sample_size, quality_weights
