@@ -20,6 +20,7 @@ from nnunet_qg.trainers.nnUNetTrainer_evidence import (nnUNetTrainer_evidence, n
                                                        nnUNetTrainerQGSSL_PLQWbatchSize_evidence,
                                                        nnUNetTrainerQGSSL_PLQWema999_evidence, nnUNetTrainerQGSSL_PLQWunlabeled2x_evidence,
                                                        nnUNetTrainerQGSSL_PLQWrefreshCorrupted_evidence,
+                                                       nnUNetTrainerQGSSL_PLQWfg33_evidence,
                                                        nnUNetTrainerShuffledPL_evidence, nnUNetTrainerUnweightedPL_evidence,
                                                        nnUNetTrainer_evidenceTiny, nnUNetTrainerOraclePL_evidenceTiny,
                                                        nnUNetTrainerUnweightedPL_evidenceTiny)

@@ -94,6 +94,17 @@ class nnUNetTrainerQGSSL_PLQWrefreshCorrupted_evidence(nnUNetTrainerQGSSL_PLQW_e
         self.quality_refresh_real_fraction = 0.0
 
 
+class nnUNetTrainerQGSSL_PLQWfg33_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
+    """pl_qw_fg33: PL-QW with a third of each unlabelled batch centred where the labelled case has foreground
+    (unlabeled_oversample_foreground_percent 0.33, nnU-Net's share for labelled patches; ours: 0, uniform): a
+    third of the uniform 2d patches hold background only (issue #20, item 7)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.unlabeled_oversample_foreground_percent = 0.33
+
+
 class nnUNetTrainer_evidenceCurve(nnUNetTrainer_evidence):
     """Protocol design: the supervised arm, with the network kept after some epochs
     (checkpoint_epoch_<e>.pth), so one run gives test Dice against the budget."""

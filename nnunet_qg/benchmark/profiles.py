@@ -21,13 +21,14 @@ ARMS: Dict[str, str] = {
     "pl_qw_ema999": "nnUNetTrainerQGSSL_PLQWema999",  # PL-QW with the paper's EMA decay 0.999 (ours 0.99)
     "pl_qw_unlabeled2x": "nnUNetTrainerQGSSL_PLQWunlabeled2x",  # PL-QW, 2 unlabelled patches per labelled one
     "pl_qw_refresh_corrupted": "nnUNetTrainerQGSSL_PLQWrefreshCorrupted",  # g refreshed on corrupted masks only
+    "pl_qw_fg33": "nnUNetTrainerQGSSL_PLQWfg33",  # PL-QW, a third of the unlabelled patches on likely foreground
     # research (experiments/trainers/pseudo_label_quality.py): PL-QW with the teacher's mirror agreement as q
     "pl_mirror": "nnUNetTrainerMirrorPL",  # the paper's T = 2, tau = 0.5
     "pl_mirror_tau08": "nnUNetTrainerMirrorPLtau08",  # tau = 0.8
 }
 # the evidence budget only
 CONTROL_ARMS = ("unweighted_pl", "oracle_pl", "shuffled_pl", "pl_qw_batch_size", "pl_qw_ema999", "pl_qw_unlabeled2x",
-                "pl_qw_refresh_corrupted", "pl_mirror", "pl_mirror_tau08")
+                "pl_qw_refresh_corrupted", "pl_qw_fg33", "pl_mirror", "pl_mirror_tau08")
 STANDARD_ARMS = tuple(a for a in ARMS if a not in CONTROL_ARMS)  # every budget of nnUNetTrainer_benchmark
 LOWER_BOUND, UPPER_BOUND = "supervised", "full_supervision"
 # 2D sources have no split file of their own: the benchmark writes one (seeded) with these sizes
@@ -37,9 +38,10 @@ SUPERVISED_ARMS = (LOWER_BOUND, UPPER_BOUND)
 # decide the claim (6 runs), then the others (3 runs; docs/benchmarks.md)
 EVIDENCE_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_qw", "oracle_pl", "pl_mirror", "qg_ssl", "shuffled_pl",
                  "mean_teacher", "pl_qw_batch_size", "pl_qw_ema999", "pl_qw_unlabeled2x", "pl_qw_refresh_corrupted",
-                 "pl_mirror_tau08")
+                 "pl_mirror_tau08", "pl_qw_fg33")
 EVIDENCE_FEWER_RUNS = {UPPER_BOUND: 3, "qg_ssl": 3, "shuffled_pl": 3, "mean_teacher": 3, "pl_qw_batch_size": 3,
-                       "pl_qw_ema999": 3, "pl_qw_unlabeled2x": 3, "pl_qw_refresh_corrupted": 3, "pl_mirror_tau08": 3}
+                       "pl_qw_ema999": 3, "pl_qw_unlabeled2x": 3, "pl_qw_refresh_corrupted": 3, "pl_mirror_tau08": 3,
+                       "pl_qw_fg33": 3}
 
 
 @dataclass(frozen=True)
