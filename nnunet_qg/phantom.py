@@ -15,6 +15,9 @@ from typing import Tuple
 import numpy as np
 
 from nnunet_qg.dataset_conversion.input_checks import positive_count, seed
+from nnunet_qg.dataset_conversion.volume_io import write_nifti_zyx
+
+PHANTOM_SPACING = (1.0, 1.0, 1.0)  # mm, z-y-x
 
 
 def _ellipsoid(shape: Tuple[int, ...], center: np.ndarray, radii: np.ndarray) -> np.ndarray:
@@ -49,15 +52,6 @@ def make_phantom_case(rng: np.random.RandomState, shape: Tuple[int, int, int],
     return (image * bias).astype(np.float32), label
 
 
-def _write_volume(array: np.ndarray, path: str) -> None:
-    """One volume as NIfTI with 1 mm spacing."""
-    import SimpleITK as sitk
-
-    itk = sitk.GetImageFromArray(array)
-    itk.SetSpacing((1.0, 1.0, 1.0))
-    sitk.WriteImage(itk, path)
-
-
 def make_phantom_labelled_cases(folder: str, num_cases: int, seed: int,
                                 shape: Tuple[int, int, int] = (28, 32, 28)) -> Tuple[str, str]:
     """Write `num_cases` phantom cases in nnU-Net's naming, `folder`/images/phantom_cal_XXX_0000.nii.gz and
@@ -69,8 +63,8 @@ def make_phantom_labelled_cases(folder: str, num_cases: int, seed: int,
     rng = np.random.RandomState(seed)
     for i in range(num_cases):
         image, label = make_phantom_case(rng, shape)
-        _write_volume(image, join(images, f"phantom_cal_{i:03d}_0000.nii.gz"))
-        _write_volume(label, join(labels, f"phantom_cal_{i:03d}.nii.gz"))
+        write_nifti_zyx(image, PHANTOM_SPACING, join(images, f"phantom_cal_{i:03d}_0000.nii.gz"))
+        write_nifti_zyx(label, PHANTOM_SPACING, join(labels, f"phantom_cal_{i:03d}.nii.gz"))
     return images, labels
 
 
@@ -88,7 +82,7 @@ def make_phantom_msd(folder: str, num_cases: int = 16, shape: Tuple[int, int, in
         image, label = make_phantom_case(rng, shape, structure_scale)
         name = f"phantom_{i:03d}.nii.gz"
         for array, sub in ((image, "imagesTr"), (label, "labelsTr")):
-            _write_volume(array, join(folder, sub, name))
+            write_nifti_zyx(array, PHANTOM_SPACING, join(folder, sub, name))
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
     dataset_json = {"name": "Phantom", "description": "Synthetic two-structure phantom (nnunet-qg)",
                     "tensorImageSize": "3D", "modality": {"0": "MRI"},
