@@ -132,7 +132,8 @@ def main() -> None:
 def judge_signals(trainer, batches: int, temperature: float, thresholds: Sequence[float]) -> dict:
     """Every candidate quality signal of the teacher's pseudo-labels on `batches` unlabelled batches, against
     their true Dice from the withheld labels (module docstring)."""
-    from nnunet_qg.experiments.pseudo_label_quality import expected_dice_per_label, mirror_agreement
+    from nnunet_qg.experiments.pseudo_label_quality import expected_dice_per_label
+    from nnunet_qg.mirror_agreement import mirror_agreement
     from nnunet_qg.networks import highest_resolution
     from nnunet_qg.quality.dice import soft_dice_per_label
     from nnunet_qg.quality.metrics import agreement

@@ -9,14 +9,19 @@ import torch
 from conftest import HIPPOCAMPUS, PHANTOM_DATASET, nnunet_env, requires_hippocampus, run_cli, trainer_checks_fixture
 
 # the body of check(trainer, args), run on the real trainers in one subprocess (conftest.run_trainer_checks);
-# args[0]: which weight the trainer must give ("oracle", "unweighted", "shuffled", "g" or "mirror")
+# args[0]: which weight the trainer must give ("oracle", "unweighted", "shuffled", "g", "mirror", or "no_mirror_axes":
+# the shipped PL-QW in plans that allow no mirroring falls back to g's weights)
 CHECK = """
     from nnunet_qg.quality.dice import soft_dice_per_label
     from nnunet_qg.quality.training import one_hot_foreground
     from nnunet_qg.ssl_losses import per_sample_dice_ce, quality_weights, weighted_mean
-    from nnunet_qg.experiments.pseudo_label_quality import mirror_agreement
+    from nnunet_qg.mirror_agreement import mirror_agreement
     kind = args[0]
     trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # the mirror axes, as training sets them
+    if kind == "no_mirror_axes":
+        trainer.inference_allowed_mirroring_axes = ()
+        kind = "g"
+    assert trainer.pseudo_labels_scored_by_g() == (kind != "mirror"), kind
     torch.manual_seed(0)
     x = torch.randn(4, 1, *trainer.configuration_manager.patch_size)
     trainer.quality.freeze()  # as after the warm-up
@@ -45,7 +50,7 @@ CHECK = """
     else:
         mirror = mirror_agreement(trainer.teacher_probabilities, x, mask, trainer.inference_allowed_mirroring_axes,
                                   trainer.quality.channel_one_hot)
-        assert len(trainer.inference_allowed_mirroring_axes) == 3  # the phantom is 3D: three mirror axes
+        assert kind == "g" or len(trainer.inference_allowed_mirroring_axes) == 3  # the phantom is 3D: three axes
         weights = {"oracle": quality_weights(true), "unweighted": torch.ones(4), "g": g_weights,
                    "mirror": quality_weights(mirror)}[kind]
     if kind == "oracle":
@@ -61,7 +66,8 @@ CHECK = """
     print("OK", kind, [round(float(w), 3) for w in weights])
 """
 ARMS = [("nnUNetTrainerOraclePL", "oracle"), ("nnUNetTrainerUnweightedPL", "unweighted"),
-        ("nnUNetTrainerShuffledPL", "shuffled"), ("nnUNetTrainerQGSSL_PLQW", "g"), ("nnUNetTrainerMirrorPL", "mirror")]
+        ("nnUNetTrainerShuffledPL", "shuffled"), ("nnUNetTrainerQGSSL_PLQW_gWeights", "g"),
+        ("nnUNetTrainerQGSSL_PLQW", "mirror"), ("nnUNetTrainerQGSSL_PLQW", "no_mirror_axes")]
 
 
 checked = trainer_checks_fixture(CHECK, [(t, PHANTOM_DATASET, kind) for t, kind in ARMS], "control_checks")
@@ -82,16 +88,17 @@ def test_withheld_labels_only_in_benchmark_trainers():
     readers = sorted(n for n in trainers.__all__ if issubclass(getattr(trainers, n), WithheldLabels))
     assert "nnUNetTrainerOraclePL" in readers and "nnUNetTrainerQGSSL_PLQW_evidence" in readers
     assert all(n.endswith(("_evidence", "_evidenceTiny")) or n == "nnUNetTrainerOraclePL" for n in readers), readers
-    for shipped in ("nnUNetTrainerQGSSL", "nnUNetTrainerQGSSL_PLQW", "nnUNetTrainerMeanTeacher", "nnUNetTrainerMTQW"):
+    for shipped in ("nnUNetTrainerQGSSL", "nnUNetTrainerQGSSL_PLQW", "nnUNetTrainerQGSSL_PLQW_gWeights",
+                    "nnUNetTrainerQGSSL_gWeights", "nnUNetTrainerMeanTeacher", "nnUNetTrainerMTQW"):
         assert not issubclass(getattr(trainers, shipped), WithheldLabels), shipped
     assert issubclass(nnUNetTrainerOraclePL, WithheldLabels)
 
 
 def test_mirror_agreement_is_one_for_an_equivariant_predictor_and_drops_for_a_position_bound_one():
-    """The mirror agreement of experiments/pseudo_label_quality.py: a predictor that follows the image agrees
+    """The mirror agreement (nnunet_qg/mirror_agreement.py, PL-QW's score): a predictor that follows the image agrees
     with itself under every mirroring; one that paints the left half whatever the image loses the axis that
     moves the left half (Dice 0) and keeps the other (Dice 1): mean 0.5."""
-    from nnunet_qg.experiments.pseudo_label_quality import mirror_agreement
+    from nnunet_qg.mirror_agreement import mirror_agreement
     from nnunet_qg.quality.training import one_hot_foreground
 
     torch.manual_seed(0)

@@ -15,7 +15,9 @@ from conftest import PHANTOM_DATASET, PHANTOM_ID, REPO, run_cli, trainer_checks_
 
 # the body of check(trainer, args), run on the real trainers in one subprocess (conftest.run_trainer_checks)
 CHECK = """
+    from nnunet_qg.mirror_agreement import mirror_agreement
     from nnunet_qg.networks import highest_resolution, unwrap_network
+    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # the mirror axes, as training sets them
     torch.manual_seed(0)
     x = torch.randn(3, 1, *trainer.configuration_manager.patch_size)  # three different samples
     trainer.teacher.module.load_state_dict(unwrap_network(trainer.network).state_dict())  # teacher = student
@@ -38,12 +40,18 @@ CHECK = """
     view_teacher = x + 0.3 * torch.randn_like(x)
     output = trainer.network(x)
     loss, extras = trainer.compute_unlabeled_loss(output, x, view_teacher)
-    if quality_guided:  # PL-QW and QAR share one pass of g: the same values as a pass each
+    if quality_guided:  # where g scores the pseudo-labels, PL-QW and QAR share one pass of g: a pass's values each
         g = trainer.quality_predictor
         with torch.no_grad():
-            plqw_quality = g(view_teacher, trainer.pseudo_labels(trainer.teacher_probabilities(view_teacher))[1])
+            pseudo_mask = trainer.pseudo_labels(trainer.teacher_probabilities(view_teacher))[1]
+            if trainer.pseudo_labels_scored_by_g():  # MTQW: g's weights
+                plqw_quality = g(view_teacher, pseudo_mask).float().mean(1)
+            else:  # QG-SSL as shipped: the teacher's mirror agreement on ITS view
+                plqw_quality = mirror_agreement(trainer.teacher_probabilities, view_teacher, pseudo_mask,
+                                                trainer.inference_allowed_mirroring_axes, trainer.quality.channel_one_hot)
             qar = 1 - g(x, trainer.quality.foreground_softmax(highest_resolution(output))).mean()
-        assert torch.allclose(extras["ssl_pseudo_label_quality"], plqw_quality.float().mean(), atol=1e-5)
+        assert trainer.pseudo_labels_scored_by_g() == ("MTQW" in trainer.__class__.__name__)
+        assert torch.allclose(extras["ssl_pseudo_label_quality"], plqw_quality.mean(), atol=1e-5)
         assert torch.allclose(extras["ssl_loss_qar"], qar, atol=1e-5)
     assert loss.requires_grad, "the unlabelled loss has no gradient"
     loss.backward()

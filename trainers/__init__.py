@@ -2,8 +2,9 @@
 `nnunet_qg.experiments.trainers`."""
 from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerFixMatch, nnUNetTrainerMeanTeacher
 from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gFrozen,
-                                                   nnUNetTrainerQGSSL_lowMemory,
-                                                   nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_QAR)
+                                                   nnUNetTrainerQGSSL_gWeights, nnUNetTrainerQGSSL_lowMemory,
+                                                   nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_PLQW_gWeights,
+                                                   nnUNetTrainerQGSSL_QAR)
 from nnunet_qg.trainers.nnUNetTrainerQGSSL_short import (nnUNetTrainerFixMatch_debug, nnUNetTrainerMeanTeacher_debug,
                                                          nnUNetTrainerMTQW_debug, nnUNetTrainerQGSSL_debug, nnUNetTrainerQGSSL_demo,
                                                          nnUNetTrainerQGSSL_gFrozen_debug, nnUNetTrainerQGSSL_lowMemory_debug,
@@ -14,16 +15,14 @@ from nnunet_qg.trainers.nnUNetTrainerQGWarmup_short import (nnUNetTrainerQGWarmu
 from nnunet_qg.trainers.nnUNetTrainerPLControls import (nnUNetTrainerOraclePL, nnUNetTrainerShuffledPL,
                                                         nnUNetTrainerUnweightedPL)
 from nnunet_qg.trainers.nnUNetTrainerSSL import nnUNetTrainerSSL
-from nnunet_qg.trainers.nnUNetTrainer_evidence import (nnUNetTrainer_evidence, nnUNetTrainer_evidenceCurve,
-                                                       nnUNetTrainerMeanTeacher_evidence, nnUNetTrainerOraclePL_evidence,
-                                                       nnUNetTrainerQGSSL_evidence, nnUNetTrainerQGSSL_PLQW_evidence,
-                                                       nnUNetTrainerQGSSL_PLQWbatchSize_evidence,
-                                                       nnUNetTrainerQGSSL_PLQWema999_evidence, nnUNetTrainerQGSSL_PLQWunlabeled2x_evidence,
-                                                       nnUNetTrainerQGSSL_PLQWrefreshCorrupted_evidence,
-                                                       nnUNetTrainerQGSSL_PLQWfg33_evidence,
-                                                       nnUNetTrainerShuffledPL_evidence, nnUNetTrainerUnweightedPL_evidence,
-                                                       nnUNetTrainer_evidenceTiny, nnUNetTrainerOraclePL_evidenceTiny,
-                                                       nnUNetTrainerUnweightedPL_evidenceTiny)
+from nnunet_qg.trainers.nnUNetTrainer_evidence import (
+    nnUNetTrainer_evidence, nnUNetTrainer_evidenceCurve, nnUNetTrainer_evidenceTiny, nnUNetTrainerMeanTeacher_evidence,
+    nnUNetTrainerOraclePL_evidence, nnUNetTrainerOraclePL_evidenceTiny, nnUNetTrainerQGSSL_evidence,
+    nnUNetTrainerQGSSL_PLQW_evidence, nnUNetTrainerQGSSL_PLQW_gWeights_evidence,
+    nnUNetTrainerQGSSL_PLQW_gWeightsRefreshCorrupted_evidence, nnUNetTrainerQGSSL_PLQWbatchSize_evidence,
+    nnUNetTrainerQGSSL_PLQWema999_evidence, nnUNetTrainerQGSSL_PLQWfg33_evidence, nnUNetTrainerQGSSL_PLQWtau08_evidence,
+    nnUNetTrainerQGSSL_PLQWunlabeled2x_evidence, nnUNetTrainerShuffledPL_evidence, nnUNetTrainerUnweightedPL_evidence,
+    nnUNetTrainerUnweightedPL_evidenceTiny)
 from nnunet_qg.trainers.nnUNetTrainer_benchmark import *  # noqa: F401,F403  (the <trainer>_<budget> variants)
 from nnunet_qg.trainers.nnUNetTrainerSSL_short import nnUNetTrainerSSL_debug, nnUNetTrainerSSL_demo
 

@@ -1,7 +1,8 @@
 """Control arms of the evidence benchmark (docs/benchmarks.md): what isolates the quality weight.
 
-Not for users. Each changes only the weight PL-QW gives a pseudo-label; g is trained and logged
-as in nnUNetTrainerQGSSL_PLQW, so compute, schedule and random draws stay those of PL-QW:
+Not for users. Each changes only the weight the paper's PL-QW gives a pseudo-label; g is trained,
+scores the pseudo-labels and is logged as in nnUNetTrainerQGSSL_PLQW_gWeights, so compute, schedule and
+random draws stay those of the paper's PL-QW:
 
 - nnUNetTrainerUnweightedPL: every pseudo-label of the EMA teacher kept with weight 1 (the control
   that separates "pseudo-labelling" from "quality guidance");
@@ -20,7 +21,7 @@ from typing import List, Optional
 import torch
 
 from nnunet_qg.benchmark.withheld import withheld_folder
-from nnunet_qg.trainers.nnUNetTrainerQGSSL import nnUNetTrainerQGSSL_PLQW
+from nnunet_qg.trainers.nnUNetTrainerQGSSL import nnUNetTrainerQGSSL_PLQW_gWeights
 
 
 class WithheldLabels:
@@ -48,16 +49,16 @@ class WithheldLabels:
         return identifiers
 
 
-class nnUNetTrainerUnweightedPL(nnUNetTrainerQGSSL_PLQW):
+class nnUNetTrainerUnweightedPL(nnUNetTrainerQGSSL_PLQW_gWeights):
     """Control: the EMA teacher's pseudo-labels, every one kept with weight 1 (g trained, logged, unused)."""
 
     def pseudo_label_weights(self, quality: torch.Tensor, true_dice: Optional[torch.Tensor]) -> torch.Tensor:
         return torch.ones_like(quality)
 
 
-class nnUNetTrainerShuffledPL(nnUNetTrainerQGSSL_PLQW):
+class nnUNetTrainerShuffledPL(nnUNetTrainerQGSSL_PLQW_gWeights):
     """Control: g's weights, permuted across the samples of each batch (a private generator, so the
-    training's other random draws are PL-QW's)."""
+    training's other random draws are the paper's PL-QW's)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -69,7 +70,7 @@ class nnUNetTrainerShuffledPL(nnUNetTrainerQGSSL_PLQW):
         return weights[torch.randperm(len(weights), generator=self.shuffle_generator).to(weights.device)]
 
 
-class nnUNetTrainerOraclePL(WithheldLabels, nnUNetTrainerQGSSL_PLQW):
+class nnUNetTrainerOraclePL(WithheldLabels, nnUNetTrainerQGSSL_PLQW_gWeights):
     """Ceiling: the weight a perfect g would give, w(true Dice of the pseudo-label), same w as PL-QW."""
 
     def pseudo_label_weights(self, quality: torch.Tensor, true_dice: Optional[torch.Tensor]) -> torch.Tensor:

@@ -8,8 +8,11 @@ predictions and on corrupted masks. Its unlabelled loss is nnUNetTrainerSSL's Me
 
 nnUNetTrainerQGSSL: that warm-up, then supervised loss + quality-weighted pseudo-labels (PL-QW) +
 quality-aware regularisation (QAR), each with its own linear ramp; g keeps learning from the labelled batch
-every 2nd step after the warm-up (nnUNetTrainerQGSSL_gFrozen: frozen, as in the paper). Ablations and the
-quality-weighted Mean Teacher are small subclasses. Ramps are fractions of num_epochs (the paper's are epochs
+every 2nd step after the warm-up (nnUNetTrainerQGSSL_gFrozen: frozen, as in the paper). PL-QW weights each
+pseudo-label by the EMA teacher's agreement with its own mirrored predictions, not by g's score (the paper's,
+in the *_gWeights variants): on the evidence protocol g's weights carried no information and the mirror
+agreement's did (docs/results.md). QAR is g's. Ablations and the quality-weighted Mean Teacher are small
+subclasses. Ramps are fractions of num_epochs (the paper's are epochs
 of a 200-epoch run), so short schedules keep their shape.
 """
 import itertools
@@ -21,6 +24,7 @@ from batchgenerators.utilities.file_and_folder_operations import join
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_qg.atomic import atomic_write_json
+from nnunet_qg.mirror_agreement import mirror_agreement
 from nnunet_qg.networks import highest_resolution
 from nnunet_qg.plotting import plot_calibration
 from nnunet_qg.quality.dice import soft_dice_per_label
@@ -268,6 +272,11 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         # PL-QW's normalisation: "batch" = sum_j w_j l_j / sum_j w_j (the paper's: weights relative within the
         # batch), "batch_size" = sum_j w_j l_j / B (absolute: see ssl_losses.batch_size_weighted_mean)
         self.quality_weight_normalisation = "batch"
+        # PL-QW's score q of a pseudo-label: "mirror" = the EMA teacher's agreement with its own predictions of
+        # the patch mirrored along each of nnU-Net's mirror axes (one extra teacher pass per axis, no g pass);
+        # "g" = g's score (the paper's; g over-rated and barely ranked the teacher's pseudo-labels on the
+        # evidence protocol, docs/results.md). Plans without mirror axes fall back to g's score.
+        self.pseudo_label_score = "mirror"
         # not the paper's (nnUNetTrainerQGSSL_gFrozen is): after the warm-up g still takes one step
         # every 2nd iteration on the labelled batch, so it follows the network's improving predictions.
         # In the CPU drift runs a frozen g over-rated the network's predictions by about 0.1 as the network
@@ -290,6 +299,20 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
     def unlabeled_weight_at(self, epoch: int) -> float:
         return self.unlabeled_loss_weight if any(w > 0 for w in self.component_weights_at(epoch).values()) else 0.0
 
+    def on_train_start(self):
+        for name, allowed in (("pseudo_label_score", ("mirror", "g")), ("quality_weight_normalisation",
+                                                                          ("batch", "batch_size"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{self.__class__.__name__}.{name} must be one of {allowed}, not "
+                                 f"{getattr(self, name)!r}")
+        super().on_train_start()
+        if self.pseudo_label_score == "mirror" and not self.inference_allowed_mirroring_axes:
+            self.print_to_log_file("nnU-Net's plans allow no mirroring: PL-QW weights pseudo-labels with g's score")
+
+    def pseudo_labels_scored_by_g(self) -> bool:
+        """Whether PL-QW's score q is g's (pseudo_label_score "g", or "mirror" without mirror axes)."""
+        return self.pseudo_label_score == "g" or not self.inference_allowed_mirroring_axes
+
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         self._weights = self.component_weights_at(self.current_epoch)
@@ -301,7 +324,7 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         if self._quality_truth_pairs:
             score, truth = (torch.cat(t).float().cpu().numpy() for t in zip(*self._quality_truth_pairs))
             figures = agreement(score, truth)
-            self.print_to_log_file(f"PL-QW's quality score q (g's, or a research arm's) of this epoch's pseudo-labels "
+            self.print_to_log_file(f"PL-QW's quality score q ({'g' if self.pseudo_labels_scored_by_g() else 'mirror agreement'}) of this epoch's pseudo-labels "
                                    f"against their withheld labels: Pearson {figures['pearson']:.4f}, bias "
                                    f"{figures['bias']:+.4f}, n {figures['n']}")
         self.logger.log("ssl_quality_true_pearson", figures["pearson"], self.current_epoch)
@@ -314,28 +337,28 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         pseudo = teacher_probs.argmax(1, keepdim=True)
         return pseudo, self.quality.channel_one_hot(pseudo)
 
-    def pseudo_label_quality(self, view_teacher: torch.Tensor, teacher_probs: torch.Tensor, pseudo_mask: torch.Tensor,
-                             g_scores: torch.Tensor) -> torch.Tensor:
-        """The quality score q (B,) of each pseudo-label that PL-QW weights and logs: g's (the paper's). Research
-        arms score it otherwise (experiments/trainers/pseudo_label_quality.py)."""
-        return g_scores
+    def pseudo_label_quality(self, view_teacher: torch.Tensor, pseudo_mask: torch.Tensor,
+                             g_scores: Optional[torch.Tensor]) -> torch.Tensor:
+        """The quality score q (B,) of each pseudo-label that PL-QW weights and logs: g's `g_scores` where
+        pseudo_labels_scored_by_g(), else the teacher's mirror agreement (`g_scores` is None then)."""
+        if self.pseudo_labels_scored_by_g():
+            return g_scores
+        return mirror_agreement(self.teacher_probabilities, view_teacher, pseudo_mask,
+                                self.inference_allowed_mirroring_axes, self.quality.channel_one_hot)
 
     def quality_weight(self, quality: torch.Tensor) -> torch.Tensor:
         return quality_weights(quality, self.quality_temperature, self.quality_threshold)
 
     def pseudo_label_weights(self, quality: torch.Tensor, true_dice: Optional[torch.Tensor]) -> torch.Tensor:
-        """The weight of each pseudo-label (B,) from g's score `quality` (B,); `true_dice` (benchmarks with
+        """The weight of each pseudo-label (B,) from its score `quality` (B,); `true_dice` (benchmarks with
         withheld labels only, else None) is for control arms, never for the shipped trainers."""
         return self.quality_weight(quality)
 
     def weighted_pseudo_label_loss(self, losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Per-sample losses and weights -> PL-QW, normalised as `quality_weight_normalisation` says."""
-        if self.quality_weight_normalisation == "batch":
-            return weighted_mean(losses, weights)
         if self.quality_weight_normalisation == "batch_size":
             return batch_size_weighted_mean(losses, weights)
-        raise ValueError(f"quality_weight_normalisation must be 'batch' or 'batch_size', not "
-                         f"{self.quality_weight_normalisation!r}")
+        return weighted_mean(losses, weights)  # "batch" (on_train_start checked the setting)
 
     def pseudo_label_true_dice(self, pseudo_mask: torch.Tensor) -> Optional[torch.Tensor]:
         """Benchmarks only: the Dice (mean over foreground labels, both empty = 1, as g is trained) of each
@@ -359,36 +382,40 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
                   quality: torch.Tensor, true_dice: Optional[torch.Tensor] = None
                   ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Quality-weighted pseudo-labels: per-sample Dice+CE against the teacher's pseudo-labels
-        `pseudo`, weighted by g's sample quality `quality` (B,)."""
+        `pseudo`, weighted by their quality score `quality` (B,)."""
         weights = self.pseudo_label_weights(quality, true_dice)
         losses = per_sample_dice_ce(output_unlabeled, pseudo, getattr(self.loss, "weight_factors", None))
         return self.weighted_pseudo_label_loss(losses, weights), self.pseudo_label_stats(quality, weights, true_dice)
 
     def compute_unlabeled_loss(self, output_unlabeled, view_student, view_teacher):
-        """PL-QW and QAR, with ONE pass of g over both of their (image, mask) pairs: g normalises each
-        sample on its own and runs in eval mode, so this equals two passes, with half the kernel launches
-        (a step at small patches is bound by launches, not arithmetic). g is frozen: QAR's gradient
-        reaches the student through the soft mask, never g's parameters; PL-QW's half is detached."""
+        """PL-QW and QAR. Where g scores the pseudo-labels too, ONE pass of g over both of their (image, mask)
+        pairs: g normalises each sample on its own and runs in eval mode, so this equals two passes, with half
+        the kernel launches (a step at small patches is bound by launches, not arithmetic). g is frozen: QAR's
+        gradient reaches the student through the soft mask, never g's parameters; PL-QW's half is detached."""
         use_plqw, use_qar = self._weights["plqw"] > 0, self._weights["qar"] > 0
         total, extras = torch.zeros((), device=self.device), {}
         if not (use_plqw or use_qar):
             return total, extras
+        g_scores_pseudo_labels = use_plqw and self.pseudo_labels_scored_by_g()
         images, masks = [], []
         if use_plqw:
             teacher_probs = self.teacher_probabilities(view_teacher)
             pseudo, pseudo_mask = self.pseudo_labels(teacher_probs)
-            images.append(view_teacher)
-            masks.append(pseudo_mask)
+            if g_scores_pseudo_labels:
+                images.append(view_teacher)
+                masks.append(pseudo_mask)
         if use_qar:  # 1 - g(x, softmax(f(x))) on the student's own view
             images.append(view_student)
             masks.append(self.quality.foreground_softmax(highest_resolution(output_unlabeled)))
-        with torch.set_grad_enabled(use_qar and torch.is_grad_enabled()):
-            quality = self.quality_predictor(torch.cat(images), torch.cat(masks)).split(view_student.shape[0])
+        quality = ()
+        if images:
+            with torch.set_grad_enabled(use_qar and torch.is_grad_enabled()):
+                quality = self.quality_predictor(torch.cat(images), torch.cat(masks)).split(view_student.shape[0])
         if use_plqw:
             with torch.no_grad():
                 true_dice = self.pseudo_label_true_dice(pseudo_mask)
-            scores = self.pseudo_label_quality(view_teacher, teacher_probs, pseudo_mask,
-                                               quality[0].detach().float().mean(1))
+            g_scores = quality[0].detach().float().mean(1) if g_scores_pseudo_labels else None
+            scores = self.pseudo_label_quality(view_teacher, pseudo_mask, g_scores)
             loss, info = self.plqw_loss(output_unlabeled, teacher_probs, pseudo, scores, true_dice)
             total = total + self._weights["plqw"] * loss
             extras.update(info, ssl_loss_plqw=loss.detach())
@@ -409,19 +436,37 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         panels["pseudo-labels"] = ["ssl_quality_weight_mean", "ssl_pseudo_label_kept", "ssl_pseudo_label_quality",
                                    "ssl_pseudo_label_true_dice"]
         panels["quality weights: effective sample size per batch"] = ["ssl_quality_weight_ess"]
-        panels["g on pseudo-labels vs withheld labels (benchmarks)"] = ["ssl_quality_true_pearson",
+        panels["PL-QW's score q of pseudo-labels vs withheld labels (benchmarks)"] = ["ssl_quality_true_pearson",
                                                                         "ssl_quality_true_bias"]
         del panels["unlabelled loss weight (ramp)"]
         return panels
 
 
 class nnUNetTrainerQGSSL_PLQW(nnUNetTrainerQGSSL):
-    """Ablation: quality-weighted pseudo-labels only."""
+    """Ablation: quality-weighted pseudo-labels only (weighted by the teacher's mirror agreement)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.qar_weight = 0.0
+
+
+class nnUNetTrainerQGSSL_gWeights(nnUNetTrainerQGSSL):
+    """The paper's PL-QW weights: g's score of each pseudo-label instead of the teacher's mirror agreement."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.pseudo_label_score = "g"
+
+
+class nnUNetTrainerQGSSL_PLQW_gWeights(nnUNetTrainerQGSSL_PLQW):
+    """The paper's PL-QW: quality-weighted pseudo-labels only, weighted by g's score."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.pseudo_label_score = "g"
 
 
 class nnUNetTrainerQGSSL_QAR(nnUNetTrainerQGSSL):
@@ -433,8 +478,8 @@ class nnUNetTrainerQGSSL_QAR(nnUNetTrainerQGSSL):
         self.plqw_weight = 0.0
 
 
-class nnUNetTrainerQGSSL_gFrozen(nnUNetTrainerQGSSL):
-    """QG-SSL exactly as the paper: g frozen after the warm-up (no refresh steps)."""
+class nnUNetTrainerQGSSL_gFrozen(nnUNetTrainerQGSSL_gWeights):
+    """QG-SSL exactly as the paper: PL-QW weighted by g's score, g frozen after the warm-up (no refresh steps)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -452,8 +497,8 @@ class nnUNetTrainerQGSSL_lowMemory(nnUNetTrainerQGSSL):
         self.unlabeled_separate_backward = True
 
 
-class nnUNetTrainerMTQW(nnUNetTrainerQGSSL):
-    """Mean Teacher with quality weights (the paper's drop-in claim): per-sample consistency x w."""
+class nnUNetTrainerMTQW(nnUNetTrainerQGSSL_gWeights):
+    """Mean Teacher with g's quality weights (the paper's drop-in claim): per-sample consistency x w."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

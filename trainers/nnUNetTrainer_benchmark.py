@@ -10,7 +10,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerFixMatch, nnUNetTrainerMeanTeacher
 from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gFrozen,
-                                                   nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_QAR)
+                                                   nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_PLQW_gWeights,
+                                                   nnUNetTrainerQGSSL_QAR)
 from nnunet_qg.trainers.seeded_training import SeededTraining
 from nnunet_qg.trainers.short_schedule import ShortSchedule
 
@@ -76,8 +77,12 @@ class nnUNetTrainerMTQW_40epochs(Budget40Epochs, nnUNetTrainerMTQW):
     """mt_qw, budget 40epochs."""
 
 
-class nnUNetTrainerQGSSL_PLQW_40epochs(Budget40Epochs, nnUNetTrainerQGSSL_PLQW):
+class nnUNetTrainerQGSSL_PLQW_gWeights_40epochs(Budget40Epochs, nnUNetTrainerQGSSL_PLQW_gWeights):
     """pl_qw, budget 40epochs."""
+
+
+class nnUNetTrainerQGSSL_PLQW_40epochs(Budget40Epochs, nnUNetTrainerQGSSL_PLQW):
+    """pl_mirror, budget 40epochs."""
 
 
 class nnUNetTrainerQGSSL_QAR_40epochs(Budget40Epochs, nnUNetTrainerQGSSL_QAR):
@@ -110,8 +115,12 @@ class nnUNetTrainerMTQW_cpuSmall(BudgetCpuSmall, nnUNetTrainerMTQW):
     """mt_qw, budget cpuSmall."""
 
 
-class nnUNetTrainerQGSSL_PLQW_cpuSmall(BudgetCpuSmall, nnUNetTrainerQGSSL_PLQW):
+class nnUNetTrainerQGSSL_PLQW_gWeights_cpuSmall(BudgetCpuSmall, nnUNetTrainerQGSSL_PLQW_gWeights):
     """pl_qw, budget cpuSmall."""
+
+
+class nnUNetTrainerQGSSL_PLQW_cpuSmall(BudgetCpuSmall, nnUNetTrainerQGSSL_PLQW):
+    """pl_mirror, budget cpuSmall."""
 
 
 class nnUNetTrainerQGSSL_QAR_cpuSmall(BudgetCpuSmall, nnUNetTrainerQGSSL_QAR):
@@ -144,8 +153,12 @@ class nnUNetTrainerMTQW_cpuMedium(BudgetCpuMedium, nnUNetTrainerMTQW):
     """mt_qw, budget cpuMedium."""
 
 
-class nnUNetTrainerQGSSL_PLQW_cpuMedium(BudgetCpuMedium, nnUNetTrainerQGSSL_PLQW):
+class nnUNetTrainerQGSSL_PLQW_gWeights_cpuMedium(BudgetCpuMedium, nnUNetTrainerQGSSL_PLQW_gWeights):
     """pl_qw, budget cpuMedium."""
+
+
+class nnUNetTrainerQGSSL_PLQW_cpuMedium(BudgetCpuMedium, nnUNetTrainerQGSSL_PLQW):
+    """pl_mirror, budget cpuMedium."""
 
 
 class nnUNetTrainerQGSSL_QAR_cpuMedium(BudgetCpuMedium, nnUNetTrainerQGSSL_QAR):
@@ -178,8 +191,12 @@ class nnUNetTrainerMTQW_benchTiny(BudgetBenchTiny, nnUNetTrainerMTQW):
     """mt_qw, budget benchTiny."""
 
 
-class nnUNetTrainerQGSSL_PLQW_benchTiny(BudgetBenchTiny, nnUNetTrainerQGSSL_PLQW):
+class nnUNetTrainerQGSSL_PLQW_gWeights_benchTiny(BudgetBenchTiny, nnUNetTrainerQGSSL_PLQW_gWeights):
     """pl_qw, budget benchTiny."""
+
+
+class nnUNetTrainerQGSSL_PLQW_benchTiny(BudgetBenchTiny, nnUNetTrainerQGSSL_PLQW):
+    """pl_mirror, budget benchTiny."""
 
 
 class nnUNetTrainerQGSSL_QAR_benchTiny(BudgetBenchTiny, nnUNetTrainerQGSSL_QAR):

@@ -13,7 +13,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerMeanTeacher
 from nnunet_qg.trainers.nnUNetTrainerPLControls import (WithheldLabels, nnUNetTrainerOraclePL,
                                                         nnUNetTrainerShuffledPL, nnUNetTrainerUnweightedPL)
-from nnunet_qg.trainers.nnUNetTrainerQGSSL import nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_PLQW
+from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_PLQW,
+                                                   nnUNetTrainerQGSSL_PLQW_gWeights)
 from nnunet_qg.trainers.seeded_training import SeededTraining
 from nnunet_qg.trainers.short_schedule import ShortSchedule
 
@@ -40,8 +41,13 @@ class nnUNetTrainerUnweightedPL_evidence(EvidenceBudget, SeededTraining, Withhel
     """unweighted_pl: every pseudo-label kept, weight 1."""
 
 
+class nnUNetTrainerQGSSL_PLQW_gWeights_evidence(EvidenceBudget, SeededTraining, WithheldLabels,
+                                                nnUNetTrainerQGSSL_PLQW_gWeights):
+    """pl_qw: the paper's PL-QW (g's weights)."""
+
+
 class nnUNetTrainerQGSSL_PLQW_evidence(EvidenceBudget, SeededTraining, WithheldLabels, nnUNetTrainerQGSSL_PLQW):
-    """pl_qw: g's weights (the paper's PL-QW), as shipped."""
+    """pl_mirror: PL-QW as shipped (the teacher's mirror agreement as q)."""
 
 
 class nnUNetTrainerQGSSL_evidence(EvidenceBudget, SeededTraining, WithheldLabels, nnUNetTrainerQGSSL):
@@ -57,7 +63,7 @@ class nnUNetTrainerShuffledPL_evidence(EvidenceBudget, SeededTraining, WithheldL
 
 
 class nnUNetTrainerQGSSL_PLQWbatchSize_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
-    """pl_qw_batch_size: PL-QW normalised by the batch size, sum w l / B (absolute weights)."""
+    """pl_mirror_batch_size: PL-QW as shipped, normalised by the batch size, sum w l / B (absolute weights)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -66,8 +72,8 @@ class nnUNetTrainerQGSSL_PLQWbatchSize_evidence(nnUNetTrainerQGSSL_PLQW_evidence
 
 
 class nnUNetTrainerQGSSL_PLQWema999_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
-    """pl_qw_ema999: PL-QW with the paper's EMA decay 0.999 (ours: 0.99; a time constant of 1,000 iterations
-    instead of 100, a third of this budget)."""
+    """pl_mirror_ema999: PL-QW as shipped with the paper's EMA decay 0.999 (ours: 0.99; a time constant of 1,000
+    iterations instead of 100, a third of this budget)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -76,7 +82,8 @@ class nnUNetTrainerQGSSL_PLQWema999_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
 
 
 class nnUNetTrainerQGSSL_PLQWunlabeled2x_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
-    """pl_qw_unlabeled2x: PL-QW with two unlabelled patches per labelled one (the paper's ratio; ours: one)."""
+    """pl_mirror_unlabeled2x: PL-QW as shipped with two unlabelled patches per labelled one (the paper's ratio;
+    ours: one)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -84,25 +91,35 @@ class nnUNetTrainerQGSSL_PLQWunlabeled2x_evidence(nnUNetTrainerQGSSL_PLQW_eviden
         self.unlabeled_batch_size = 2 * self.short_batch_size
 
 
-class nnUNetTrainerQGSSL_PLQWrefreshCorrupted_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
-    """pl_qw_refresh_corrupted: PL-QW whose g is refreshed after the warm-up on corrupted masks only (ours: half
-    the network's own predictions of the labelled patches, which it has fitted: issue #20, item 5)."""
+class nnUNetTrainerQGSSL_PLQWtau08_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
+    """pl_mirror_tau08: PL-QW as shipped with tau = 0.8 (the mirror agreement over-rates pseudo-labels by about
+    +0.14: a threshold of 0.8 keeps about as many of them as the oracle's 0.5 on their true Dice)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.quality_refresh_real_fraction = 0.0
+        self.quality_threshold = 0.8
 
 
 class nnUNetTrainerQGSSL_PLQWfg33_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
-    """pl_qw_fg33: PL-QW with a third of each unlabelled batch centred where the labelled case has foreground
-    (unlabeled_oversample_foreground_percent 0.33, nnU-Net's share for labelled patches; ours: 0, uniform): a
-    third of the uniform 2d patches hold background only (issue #20, item 7)."""
+    """pl_mirror_fg33: PL-QW as shipped with a third of each unlabelled batch centred where the labelled case has
+    foreground (unlabeled_oversample_foreground_percent 0.33, nnU-Net's share for labelled patches; ours: 0,
+    uniform): a third of the uniform 2d patches hold background only (issue #20, item 7)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.unlabeled_oversample_foreground_percent = 0.33
+
+
+class nnUNetTrainerQGSSL_PLQW_gWeightsRefreshCorrupted_evidence(nnUNetTrainerQGSSL_PLQW_gWeights_evidence):
+    """pl_qw_refresh_corrupted: the paper's PL-QW whose g is refreshed after the warm-up on corrupted masks only
+    (ours: half the network's own predictions of the labelled patches, which it has fitted: issue #20, item 5)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.quality_refresh_real_fraction = 0.0
 
 
 class nnUNetTrainer_evidenceCurve(nnUNetTrainer_evidence):
@@ -138,3 +155,4 @@ class nnUNetTrainerUnweightedPL_evidenceTiny(EvidenceTinyBudget, SeededTraining,
 
 class nnUNetTrainerOraclePL_evidenceTiny(EvidenceTinyBudget, SeededTraining, nnUNetTrainerOraclePL):
     """oracle_pl, tiny budget."""
+

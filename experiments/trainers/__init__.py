@@ -3,9 +3,6 @@ the same index module as the shipped ones (nnunet_qg/_ext_trainers/nnunet_qg_tra
 from nnunet_qg.experiments.trainers.nnUNetTrainerQGDrift import (nnUNetTrainerQGDrift, nnUNetTrainerQGDrift_cpuBench,
                                                                  nnUNetTrainerQGDrift_debug,
                                                                  nnUNetTrainerQGDrift_gpuBench)
-from nnunet_qg.experiments.trainers.pseudo_label_quality import (nnUNetTrainerMirrorPL, nnUNetTrainerMirrorPL_evidence,
-                                                                 nnUNetTrainerMirrorPL_evidenceTiny,
-                                                                 nnUNetTrainerMirrorPLtau08_evidence)
 from nnunet_qg.experiments.trainers.research_options import nnUNetTrainerQGWarmup_debug2gSteps
 
 __all__ = sorted(name for name, obj in dict(globals()).items() if name.startswith("nnUNetTrainer") and isinstance(obj, type))

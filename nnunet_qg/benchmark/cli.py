@@ -75,8 +75,8 @@ def write_paired_results(rows: List[dict], out: str, meta: dict) -> str:
     summary["run_commits"] = sorted({r.get("commit", meta["commit"]) for r in rows if "error" not in r})
     atomic_write_json(summary, join(out, "evidence_summary.json"))
     table = (paired_table(summary) + "\n\nWhich link holds (each figure: mean over the second half of the epochs, "
-             "then over runs; q: the score PL-QW weights with, g's or, in pl_mirror*, the teacher's mirror "
-             "agreement):\n\n" + diagnostics_table(summary["diagnostics"]))
+             "then over runs; q: the score PL-QW weights with, the teacher's mirror agreement in pl_mirror* and "
+             "qg_ssl, g's in the others):\n\n" + diagnostics_table(summary["diagnostics"]))
     atomic_write_text(f"Profile `{meta['profile']}`, {meta['device']}, {meta['date']}, commit {meta['commit']}; "
                       f"test Dice on {meta['test_cases']} held-out cases, last checkpoint; differences paired "
                       f"by seed.\n\n{table}\n", join(out, "evidence_paired.md"))

@@ -64,7 +64,7 @@ def paired_table(summary: dict) -> str:
 
 
 # what says which link of quality guidance fails: curve name (runner.CURVES) -> column. q is the score PL-QW weights
-# with: g's, or a research arm's (the teacher's mirror agreement in pl_mirror*); the curves keep their names ("g")
+# with: the teacher's mirror agreement (pl_mirror*, qg_ssl) or g's (the others); the curves keep their names ("g")
 # because the ledger stores them by name
 DIAGNOSTICS = {"validation pseudo-Dice": "student val Dice",
                "EMA teacher validation pseudo-Dice": "teacher val Dice",

@@ -8,27 +8,27 @@ ARMS: Dict[str, str] = {
     "mean_teacher": "nnUNetTrainerMeanTeacher",
     "fixmatch": "nnUNetTrainerFixMatch",
     "mt_qw": "nnUNetTrainerMTQW",
-    "pl_qw": "nnUNetTrainerQGSSL_PLQW",
+    "pl_qw": "nnUNetTrainerQGSSL_PLQW_gWeights",  # the paper's PL-QW: g's weights
+    "pl_mirror": "nnUNetTrainerQGSSL_PLQW",  # PL-QW as shipped: the teacher's mirror agreement as q
     "qar": "nnUNetTrainerQGSSL_QAR",
-    "qg_ssl": "nnUNetTrainerQGSSL",  # g refreshed after the warm-up (our default)
-    "qg_ssl_frozen": "nnUNetTrainerQGSSL_gFrozen",  # g frozen after the warm-up (the paper)
+    "qg_ssl": "nnUNetTrainerQGSSL",  # as shipped: mirror-agreement PL-QW + QAR, g refreshed after the warm-up
+    "qg_ssl_frozen": "nnUNetTrainerQGSSL_gFrozen",  # the paper: g's PL-QW weights, g frozen after the warm-up
     "full_supervision": "nnUNetTrainer",
-    # control arms of the evidence profile (trainers/nnUNetTrainerPLControls.py; its budget only)
+    # control arms of the evidence profile (trainers/nnUNetTrainerPLControls.py, nnUNetTrainer_evidence.py; its
+    # budget only)
     "unweighted_pl": "nnUNetTrainerUnweightedPL",  # every pseudo-label, weight 1
     "oracle_pl": "nnUNetTrainerOraclePL",  # the weights of a perfect g (withheld labels)
     "shuffled_pl": "nnUNetTrainerShuffledPL",  # g's weights permuted within the batch
-    "pl_qw_batch_size": "nnUNetTrainerQGSSL_PLQWbatchSize",  # PL-QW normalised by B, not by sum w
-    "pl_qw_ema999": "nnUNetTrainerQGSSL_PLQWema999",  # PL-QW with the paper's EMA decay 0.999 (ours 0.99)
-    "pl_qw_unlabeled2x": "nnUNetTrainerQGSSL_PLQWunlabeled2x",  # PL-QW, 2 unlabelled patches per labelled one
-    "pl_qw_refresh_corrupted": "nnUNetTrainerQGSSL_PLQWrefreshCorrupted",  # g refreshed on corrupted masks only
-    "pl_qw_fg33": "nnUNetTrainerQGSSL_PLQWfg33",  # PL-QW, a third of the unlabelled patches on likely foreground
-    # research (experiments/trainers/pseudo_label_quality.py): PL-QW with the teacher's mirror agreement as q
-    "pl_mirror": "nnUNetTrainerMirrorPL",  # the paper's T = 2, tau = 0.5
-    "pl_mirror_tau08": "nnUNetTrainerMirrorPLtau08",  # tau = 0.8
+    "pl_mirror_batch_size": "nnUNetTrainerQGSSL_PLQWbatchSize",  # pl_mirror normalised by B, not by sum w
+    "pl_mirror_ema999": "nnUNetTrainerQGSSL_PLQWema999",  # pl_mirror with the paper's EMA decay 0.999 (ours 0.99)
+    "pl_mirror_unlabeled2x": "nnUNetTrainerQGSSL_PLQWunlabeled2x",  # pl_mirror, 2 unlabelled patches per labelled
+    "pl_mirror_tau08": "nnUNetTrainerQGSSL_PLQWtau08",  # pl_mirror with tau = 0.8
+    "pl_mirror_fg33": "nnUNetTrainerQGSSL_PLQWfg33",  # pl_mirror, a third of the unlabelled patches on likely fg
+    "pl_qw_refresh_corrupted": "nnUNetTrainerQGSSL_PLQW_gWeightsRefreshCorrupted",  # g refreshed on corrupted only
 }
 # the evidence budget only
-CONTROL_ARMS = ("unweighted_pl", "oracle_pl", "shuffled_pl", "pl_qw_batch_size", "pl_qw_ema999", "pl_qw_unlabeled2x",
-                "pl_qw_refresh_corrupted", "pl_qw_fg33", "pl_mirror", "pl_mirror_tau08")
+CONTROL_ARMS = ("unweighted_pl", "oracle_pl", "shuffled_pl", "pl_mirror_batch_size", "pl_mirror_ema999",
+                "pl_mirror_unlabeled2x", "pl_mirror_tau08", "pl_mirror_fg33", "pl_qw_refresh_corrupted")
 STANDARD_ARMS = tuple(a for a in ARMS if a not in CONTROL_ARMS)  # every budget of nnUNetTrainer_benchmark
 LOWER_BOUND, UPPER_BOUND = "supervised", "full_supervision"
 # 2D sources have no split file of their own: the benchmark writes one (seeded) with these sizes
@@ -37,11 +37,11 @@ SUPERVISED_ARMS = (LOWER_BOUND, UPPER_BOUND)
 # the evidence profile's arms in the order they run: the two bounds (the gap to close), then the arms that
 # decide the claim (6 runs), then the others (3 runs; docs/benchmarks.md)
 EVIDENCE_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_qw", "oracle_pl", "pl_mirror", "qg_ssl", "shuffled_pl",
-                 "mean_teacher", "pl_qw_batch_size", "pl_qw_ema999", "pl_qw_unlabeled2x", "pl_qw_refresh_corrupted",
-                 "pl_mirror_tau08", "pl_qw_fg33")
-EVIDENCE_FEWER_RUNS = {UPPER_BOUND: 3, "qg_ssl": 3, "shuffled_pl": 3, "mean_teacher": 3, "pl_qw_batch_size": 3,
-                       "pl_qw_ema999": 3, "pl_qw_unlabeled2x": 3, "pl_qw_refresh_corrupted": 3, "pl_mirror_tau08": 3,
-                       "pl_qw_fg33": 3}
+                 "mean_teacher", "pl_mirror_batch_size", "pl_mirror_ema999", "pl_mirror_unlabeled2x",
+                 "pl_mirror_tau08", "pl_mirror_fg33", "pl_qw_refresh_corrupted")
+EVIDENCE_FEWER_RUNS = {UPPER_BOUND: 3, "qg_ssl": 3, "shuffled_pl": 3, "mean_teacher": 3, "pl_mirror_batch_size": 3,
+                       "pl_mirror_ema999": 3, "pl_mirror_unlabeled2x": 3, "pl_mirror_tau08": 3, "pl_mirror_fg33": 3,
+                       "pl_qw_refresh_corrupted": 3}
 
 
 @dataclass(frozen=True)
