@@ -12,7 +12,7 @@ set -uo pipefail
 BUDGET_S=${BUDGET_S:-570}
 # 2026-11-26 (H100): QG-SSL trained 35 of 40 epochs in one call beside the supervised arm (about
 # 12.5 s per epoch, validation and plots included), so three arms need two calls
-ARMS=${ARMS:-"supervised mean_teacher qg_ssl"}
+ARMS=${ARMS:-"supervised pl_mirror qg_ssl"}  # pl_mirror: nnUNetTrainerQGSSL_PLQW, the trainer measured on CPU
 # JOB=drift instead: the quality predictor drift / test-case ranking benchmark (gpu profile, six g side
 # by side at the reference budget; not run on a GPU yet, so it may need the whole call)
 JOB=${JOB:-ssl}

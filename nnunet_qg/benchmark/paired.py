@@ -1,5 +1,6 @@
 """Paired comparison of benchmark arms over seeds: mean difference with a 95 % t-interval, table, plot."""
 import subprocess
+import textwrap
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -122,8 +123,9 @@ def plot_paired(summary: dict, filename: str, title: str) -> None:
             ax.set_title(f"test Dice minus {reference} (paired by seed)", fontsize=9)
             ax.grid(alpha=0.3)
         axes[0].set_yticks(range(len(names)), names)
-        fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
+        wrapped = textwrap.wrap(title, 130)  # the device line is long: the title must fit the figure's width
+        fig.suptitle("\n".join(wrapped), fontsize=9)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.16 * len(wrapped) / fig.get_figheight()))
         save_figure(fig, filename, dpi=100)
 
 
