@@ -105,8 +105,7 @@ def run_demo(output: str, data: Optional[str], dataset_id: int, num_labelled: in
     quality = join(output, "quality_control")
     _run(pipeline.quality_control, dataset_id, "3d_fullres", "0", trainer, join(raw, "imagesTs"), predictions,
          quality, env, join(logs, "quality_control.log"), reference=join(raw, "labelsTs"), calibration_cases=calibration)
-    with open(join(quality, "quality.json")) as f:
-        _print_quality(json.load(f), join(quality, "quality.csv"))
+    _print_command_summary(join(logs, "quality_control.log"), "Predicted Dice (")
     return summary
 
 
@@ -136,20 +135,13 @@ def _print_table(summary: dict, labels: List[int], model_folder: str, prediction
     print(f"Predictions and summary.json: {predictions}")
 
 
-def _print_quality(report: dict, csv_file: str) -> None:
-    """nnUNetv2_predict_quality's verdict per test case and label, worst first, beside the true Dice."""
-    calibration = report["calibration"]
-    how = f"calibrated on {calibration['n_cases']} cases" if calibration else "UNCALIBRATED raw scores"
-    print(f"\nPredicted Dice without ground truth ({report['estimator']}, {how}), worst first; flagged below "
-          f"{report['threshold']}:")
-    print(f"  {'case':<16}{'label':<8}{'predicted':>10}{'true':>8}  flag")
-    rows = sorted(((case["case"], label, values) for case in report["cases"] for label, values in case["labels"].items()),
-                  key=lambda r: r[2]["predicted_dice"])
-    for case, label, values in rows:
-        print(f"  {case:<16}{label:<8}{values['predicted_dice']:>10.3f}{values['true_dice']:>8.3f}  "
-              f"{'FLAG' if values['flagged'] else ''}")
-    flagged = sum(case["flagged"] for case in report["cases"])
-    print(f"{flagged} of {len(report['cases'])} case(s) flagged for a check by hand. Report: {csv_file}")
+def _print_command_summary(log_file: str, first_words: str) -> None:
+    """A command's own summary, as its user would see it: its log from the last line that starts with
+    `first_words` on (the last 20 lines if none does)."""
+    with open(log_file) as f:
+        lines = f.read().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith(first_words)]
+    print("\n".join(lines[starts[-1]:] if starts else lines[-20:]))
 
 
 def entry_point() -> None:

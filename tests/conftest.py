@@ -162,18 +162,19 @@ def kill_after_first_checkpoint(cmd: List[str], env: Dict[str, str], fold: Path,
     proc.wait()
 
 
-def plan(dataset_id: int, env: Dict[str, str], configuration: str = "3d_fullres") -> None:
-    """Stock planning + preprocessing of the labelled cases (one configuration), 2 processes for each step."""
-    # nnU-Net's planner calls torch.set_num_threads(nnUNet_n_proc_DA), which must be > 0. -npfp: nnU-Net's
-    # default of 8 fingerprint processes starts 8 interpreters (about 2 s of imports each) on 2 cores
-    run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration, "-npfp", "2", "-np", "2"],
-            {**env, "nnUNet_n_proc_DA": "2"})
+def plan_and_preprocess(dataset_id: int, env: Dict[str, str], configuration: str = "3d_fullres",
+                        unlabelled: bool = True) -> None:
+    """The pipeline's stock planning + preprocessing of the labelled cases (one configuration, 2 processes for
+    each step, as the demo and the benchmark run it), then, with `unlabelled`, the unlabelled images; the logs
+    go beside the nnU-Net folders (logs/)."""
+    from nnunet_qg.pipeline import StageError, plan_and_preprocess as pipeline_plan_and_preprocess
 
-
-def plan_and_preprocess(dataset_id: int, env: Dict[str, str], configuration: str = "3d_fullres") -> None:
-    """Stock planning + preprocessing, then the unlabelled images (one configuration)."""
-    plan(dataset_id, env, configuration)
-    run_cli(["nnUNetv2_preprocess_unlabeled", "-d", str(dataset_id), "-c", configuration, "-np", "2"], env)
+    log_dir = os.path.join(os.path.dirname(env["nnUNet_raw"]), "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    try:
+        pipeline_plan_and_preprocess(dataset_id, env, log_dir, configuration, num_processes=2, unlabelled=unlabelled)
+    except StageError as error:
+        pytest.fail(str(error))
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import (HIPPOCAMPUS, PH2_DATASET, PH2_ID, PHANTOM_ID, nnunet_env, plan, requires_hippocampus,
-                      requires_ph2, run_cli, train_on_corruptions)
+from conftest import (HIPPOCAMPUS, PH2_DATASET, PH2_ID, PHANTOM_ID, nnunet_env, plan_and_preprocess,
+                      requires_hippocampus, requires_ph2, run_cli, train_on_corruptions)
 from nnunet_qg.phantom import make_phantom_case
 from nnunet_qg.quality.network import save_quality_predictor
 from nnunet_qg.quality_control.calibration import (apply_map, calibration_key, find_entry, fit_entry, fit_map,
@@ -252,7 +252,7 @@ def test_failed_hippocampus_segmentations_are_flagged(tmp_path):
     run_cli(["nnUNetv2_convert_MSD_ssl", "-i", str(HIPPOCAMPUS), "-d", "4", "--split-file",
              str(HIPPOCAMPUS / "ssl_splits.json"), "--num-labelled", "50", "--max-unlabelled", "0",
              "--max-test", "3"], env)
-    plan(4, env, "2d")
+    plan_and_preprocess(4, env, "2d", unlabelled=False)
     trainer = "nnUNetTrainer_cpuMedium"  # nnUNetTrainer, 20 x 30 iterations at batch 2
     run_cli(["nnUNetv2_train", "4", "2d", "0", "-tr", trainer, "-device", "cpu"], env, timeout=3600)
     raw = Path(env["nnUNet_raw"]) / "Dataset004_Hippocampus"
