@@ -2,7 +2,11 @@
 
 Command used for benchmarks/results/ensemble_disagreement_hippocampus2d_2026-12-06.json:
 
-    nice -n 19 python benchmarks/ensemble_disagreement.py --predictions /work/evidence_run/work/predictions --labels /work/evidence_run/work/nnUNet_raw/Dataset810_Hippocampus/labelsTs
+    nice -n 19 python benchmarks/ensemble_disagreement.py --predictions /work/evidence_run/work/predictions --labels /work/evidence_run/work/nnUNet_raw/Dataset810_Hippocampus/labelsTs --teacher-predictions /work/evidence_run/work/predictions_teacher
+
+(the teacher folders: each pl_mirror seed's EMA teacher, `nnUNetv2_qg_export_teacher <fold_all>/checkpoint_final.pth`,
+then the benchmark's own nnUNetv2_predict command (-device cpu --disable_tta -npp 1 -nps 1) with
+-chk checkpoint_final_teacher.pth.)
 
 Reads test-set predictions of networks that differ only in their training seed (folders
 <prefix>_r<SEED>_<ARM>, e.g. 1labelled_r3_pl_qw) and the ground truth. Only folders that hold a
@@ -15,7 +19,10 @@ For each arm, seed k and test case it computes
 and judges each agreement as an estimate of the true Dice with nnunet_qg.quality.metrics: per network
 (seed) Pearson, Spearman, MAE, mean bias (agreement - true Dice) and AUROC for flagging cases with true
 Dice < --fail-below (low agreement = flagged; null when one class is empty), and the same pooled over the
-arm's seeds. Prints a table and writes JSON atomically (benchmarks/common.write_json).
+arm's seeds. With --teacher-predictions (folders named like those of --predictions, e.g. 1labelled_r3_pl_mirror, holding
+the predictions of that network's own EMA teacher) it adds, for every seed whose teacher folder is complete, the
+signal student_teacher = Dice(pred_k, teacher_k's prediction), judged the same way over those seeds, and the
+teacher's own true Dice. Prints a table and writes JSON atomically (benchmarks/common.write_json).
 """
 import argparse
 import glob
@@ -37,6 +44,7 @@ from nnunet_qg.quality.metrics import agreement, detection_auroc, finite_mean  #
 
 FOLDER_RE = re.compile(r"^(?P<prefix>.+)_r(?P<seed>\d+)_(?P<arm>.+)$")
 SIGNALS = ("pairwise_loo", "majority_vote_loo")
+TEACHER_SIGNAL = "student_teacher"
 FIGURES = ("pearson", "spearman", "mae", "bias", "auroc_fail")
 
 
@@ -94,6 +102,8 @@ def main() -> None:
     parser.add_argument("--prefix", default="1labelled", help="prediction folder prefix before _r<SEED>_")
     parser.add_argument("--labels-fg", type=int, nargs="+", default=[1, 2], help="foreground labels")
     parser.add_argument("--min-seeds", type=int, default=4, help="arms need this many complete seeds")
+    parser.add_argument("--teacher-predictions", default=None,
+                        help="folder of <prefix>_r<SEED>_<ARM> folders predicted by each network's EMA teacher")
     parser.add_argument("--fail-below", type=float, default=0.7, help="true Dice below this = failed case")
     parser.add_argument("--device-note", default="shared with a training run",
                         help="appended to the device line")
@@ -108,6 +118,10 @@ def main() -> None:
     arms = complete_arms(args.predictions, cases, args.prefix, args.min_seeds)
     if not arms:
         raise SystemExit(f"ERROR: no arm with >= {args.min_seeds} complete seeds in {args.predictions}")
+    teachers = ({arm: {s: f for s, f in seeds.items() if s in arms.get(arm, {})}
+                 for arm, seeds in complete_arms(args.teacher_predictions, cases, args.prefix, 1).items()}
+                if args.teacher_predictions else {})
+    teachers = {arm: seeds for arm, seeds in teachers.items() if seeds}
     n_labels = max(args.labels_fg) + 1
     gts = {c: load_mask(p) for c, p in zip(cases, gt_files)}
 
@@ -117,12 +131,14 @@ def main() -> None:
     table: List[Dict] = []
     for arm, seeds in arms.items():
         seed_list = list(seeds)
-        print(f"{arm}: seeds {seed_list}", flush=True)
+        arm_teachers = teachers.get(arm, {})
+        print(f"{arm}: seeds {seed_list}" + (f", teachers {list(arm_teachers)}" if arm_teachers else ""), flush=True)
         arm_rows = []
         for case in cases:
             gt = gts[case]
             preds = {s: load_mask(join(seeds[s], case + ".nii.gz")) for s in seed_list}
-            for s, p in preds.items():
+            teacher_preds = {s: load_mask(join(f, case + ".nii.gz")) for s, f in arm_teachers.items()}
+            for s, p in [*preds.items(), *teacher_preds.items()]:
                 if p.shape != gt.shape:
                     raise SystemExit(f"ERROR: {arm} r{s} {case}: shape {p.shape} != ground truth {gt.shape}")
             pair = {}
@@ -140,22 +156,31 @@ def main() -> None:
                     "pairwise_dice": {str(j): pair[(k, j)] for j in others},
                     "majority_vote_loo": mean_dice(preds[k], mv, args.labels_fg),
                 })
+                if k in teacher_preds:
+                    arm_rows[-1][TEACHER_SIGNAL] = mean_dice(preds[k], teacher_preds[k], args.labels_fg)
+                    arm_rows[-1]["teacher_true_dice"] = mean_dice(teacher_preds[k], gt, args.labels_fg)
         rows += arm_rows
-        for signal in SIGNALS:
+        for signal in SIGNALS + ((TEACHER_SIGNAL,) if arm_teachers else ()):
+            sig_seeds = list(arm_teachers) if signal == TEACHER_SIGNAL else seed_list
+            sig_rows = [x for x in arm_rows if x["seed"] in sig_seeds]
             nets = []
-            for k in seed_list:
-                r = [x for x in arm_rows if x["seed"] == k]
+            for k in sig_seeds:
+                r = [x for x in sig_rows if x["seed"] == k]
                 true = np.array([x["true_dice"] for x in r])
                 fig = judge(np.array([x[signal] for x in r]), true, args.fail_below)
                 fig.update(arm=arm, seed=k, signal=signal, mean_true_dice=float(true.mean()),
                            mean_signal=float(np.mean([x[signal] for x in r])))
+                if signal == TEACHER_SIGNAL:
+                    fig["mean_teacher_true_dice"] = float(np.mean([x["teacher_true_dice"] for x in r]))
+                    print(f"  r{k}: mean test Dice student {fig['mean_true_dice']:.4f}, "
+                          f"teacher {fig['mean_teacher_true_dice']:.4f}", flush=True)
                 nets.append(fig)
             per_network += nets
-            true_all = np.array([x["true_dice"] for x in arm_rows])
-            pool = judge(np.array([x[signal] for x in arm_rows]), true_all, args.fail_below)
-            pool.update(arm=arm, signal=signal, seeds=seed_list)
+            true_all = np.array([x["true_dice"] for x in sig_rows])
+            pool = judge(np.array([x[signal] for x in sig_rows]), true_all, args.fail_below)
+            pool.update(arm=arm, signal=signal, seeds=sig_seeds)
             pooled.append(pool)
-            line = {"arm": arm, "signal": signal, "n_seeds": len(seed_list)}
+            line = {"arm": arm, "signal": signal, "n_seeds": len(sig_seeds)}
             for key in FIGURES:
                 values = np.array([n[key] for n in nets], dtype=float)  # None -> nan
                 line[f"within_{key}"] = defined(finite_mean(values))
@@ -187,11 +212,15 @@ def main() -> None:
             "cases": cases, "foreground_labels": args.labels_fg, "min_seeds": args.min_seeds,
             "fail_below": args.fail_below,
             "arms": {arm: {str(s): f for s, f in seeds.items()} for arm, seeds in arms.items()},
+            "teacher_predictions": abspath(args.teacher_predictions) if args.teacher_predictions else None,
+            "teachers": {arm: {str(s): f for s, f in seeds.items()} for arm, seeds in teachers.items()},
         },
         "definitions": {
             "true_dice": "mean over foreground labels of Dice(pred_k, ground truth); label empty in both = 1",
             "pairwise_loo": "mean over the other seeds j of Dice(pred_k, pred_j), same per-label mean",
             "majority_vote_loo": "Dice(pred_k, per-voxel mode of the other seeds' predictions); ties -> lowest label",
+            "student_teacher": "Dice(pred_k, prediction of network k's own EMA teacher), same per-label mean",
+            "teacher_true_dice": "Dice(teacher_k's prediction, ground truth), same per-label mean",
             "bias": "mean(agreement - true Dice)",
             "auroc_fail": "AUROC of -agreement for cases with true Dice < fail_below (Mann-Whitney, ties 1/2); "
                           "null when one class is empty",
