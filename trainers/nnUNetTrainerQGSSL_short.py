@@ -8,11 +8,13 @@ from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrai
 from nnunet_qg.trainers.short_schedule import ShortSchedule
 
 class QGDebugSchedule(ShortSchedule):
-    """4 epochs x 3 iterations: warm-up in epoch 0, PL-QW from epoch 1, QAR from epoch 2."""
+    """4 epochs x 3 iterations: warm-up in epoch 0, PL-QW from epoch 1, QAR from epoch 2. PL-QW keeps every
+    pseudo-label (tau = 0, weight q^2): after 3 iterations the teacher's pseudo-labels are poor (mirror agreement
+    about 0.3 on the phantom), the shipped tau = 0.5 rightly rejects them all, and a smoke test must run the loss."""
 
     short_num_epochs = 4
     short_overrides = {"quality_warmup_fraction": 0.25, "plqw_start_fraction": 0.25, "plqw_ramp_fraction": 0.25,
-                       "qar_start_fraction": 0.5, "qar_ramp_fraction": 0.25}
+                       "qar_start_fraction": 0.5, "qar_ramp_fraction": 0.25, "quality_threshold": 0.0}
 
 
 class nnUNetTrainerQGSSL_debug(QGDebugSchedule, nnUNetTrainerQGSSL):
