@@ -8,7 +8,7 @@ import torch
 
 from conftest import PHANTOM_ID, kill_after_first_checkpoint, nnunet_env, requires_ph2, run_cli
 
-from nnunet_qg.benchmark.report import markdown_table, summarise
+from nnunet_qg.benchmark.report import markdown_table, plot_bars, summarise
 
 
 def _phantom_with_split(root, n_cases=12, n_test=2, n_labelled=6):
@@ -165,3 +165,13 @@ def test_summary_gap_closed_and_spread():
 def test_summary_skips_failed_runs():
     rows = [_row("supervised", "10pct", 0.80), {"arm": "qg_ssl", "fraction": "10pct", "repeat": 0, "error": "x"}]
     assert [l["arm"] for l in summarise(rows)] == ["supervised"]
+
+
+def test_bar_plot_of_the_upper_bound_alone_has_its_bar(tmp_path):
+    """`--arms full_supervision` alone: the upper bound has no labelled fraction of its own, and its bar once
+    went missing (an empty plot)."""
+    alone = summarise([_row("full_supervision", "full_supervision", 0.91)])
+    assert plot_bars(alone, str(tmp_path / "alone.png"), "t") == [("full_supervision", 0.91)]
+    both = summarise([_row("supervised", "10pct", 0.80), _row("full_supervision", "full_supervision", 0.91)])
+    assert plot_bars(both, str(tmp_path / "both.png"), "t") == [("supervised", 0.80), ("full_supervision", 0.91)]
+    assert (tmp_path / "alone.png").is_file()

@@ -1,6 +1,6 @@
 """Benchmark results: per-arm summary over runs, gap closed, markdown table, JSON and bar plot."""
 from collections import defaultdict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -57,9 +57,13 @@ def markdown_table(lines: List[dict]) -> str:
     return "\n".join(out)
 
 
-def plot_bars(lines: List[dict], filename: str, title: str, reference: Optional[Dict[str, float]] = None) -> None:
-    """Bar plot of the test Dice per arm (grouped by labelled fraction) with the spread as error bars."""
-    fractions = sorted({l["labelled"] for l in lines if l["labelled"] != "all"})
+def plot_bars(lines: List[dict], filename: str, title: str,
+              reference: Optional[Dict[str, float]] = None) -> List[Tuple[str, float]]:
+    """Bar plot of the test Dice per arm (grouped by labelled fraction) with the spread as error bars. Returns
+    the (arm, Dice) of each bar drawn."""
+    # a run of the upper bound alone has no fraction of its own: its bar then forms the only group
+    fractions = sorted({l["labelled"] for l in lines if l["labelled"] != "all"}) or ["all"]
+    drawn: List[Tuple[str, float]] = []
     arms = [a for a in ARMS if any(l["arm"] == a for l in lines)]
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(arms) * max(1, len(fractions))), 4.5))
     width = 0.8 / max(1, len(fractions))
@@ -71,6 +75,7 @@ def plot_bars(lines: List[dict], filename: str, title: str, reference: Optional[
             if match:
                 xs.append(j + (i - (len(fractions) - 1) / 2) * width)
                 ys.append(match[0]["Dice"])
+                drawn.append((arm, match[0]["Dice"]))
                 es.append(0 if np.isnan(match[0]["spread"]) else match[0]["spread"])
         ax.bar(xs, ys, width, yerr=es, capsize=3, label=f"{fraction} labelled")
         for x, y in zip(xs, ys):
@@ -87,6 +92,7 @@ def plot_bars(lines: List[dict], filename: str, title: str, reference: Optional[
     ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, filename, dpi=120)
+    return drawn
 
 
 def plot_curves(rows: List[dict], filename: str, title: str) -> None:
