@@ -8,7 +8,9 @@ import torch
 
 from conftest import PHANTOM_ID, kill_after_first_checkpoint, nnunet_env, requires_ph2, run_cli
 
+from nnunet_qg.benchmark.profiles import PROFILES
 from nnunet_qg.benchmark.report import markdown_table, plot_bars, summarise
+from nnunet_qg.benchmark.runner import run_name
 
 
 def _phantom_with_split(root, n_cases=12, n_test=2, n_labelled=6):
@@ -81,6 +83,15 @@ def test_benchmark_pipeline_two_arms(tmp_path):
     assert rerun["supervised"]["train_wall_s"] > 1000  # the cut-off call counted to its last checkpoint
     assert rerun["qg_ssl"]["train_wall_s"] == qg["train_wall_s"]  # kept: its one finished call
     assert rerun["qg_ssl"]["resumed"] is False  # kept, trained in one call
+
+    # --seed 1 in the same output folder: run 0 is seed 1's, which must train, not keep seed 0's model
+    seed1 = run_cli(["nnUNetv2_qg_benchmark", "-i", str(source), "--profile", "tiny", "--fractions", "tiny",
+                     "-o", str(out), "-d", "720", "--seed", "1", "--continue", "--ledger", str(ledger),
+                     "--arms", "supervised"], env, timeout=1500)
+    assert "trained by an earlier run" not in seed1.stdout
+    seeds = {(r["arm"], r["seed"]): r for r in json.loads(ledger.read_text())["runs"]}
+    assert "nnUNet_results_r1" in seeds[("supervised", 1)]["model_folder"]
+    assert seeds[("supervised", 1)]["model_folder"] != seeds[("supervised", 0)]["model_folder"]
 
     # --ledger: finished runs kept in one file go on in a fresh output folder without training again
     fresh = tmp_path / "bench_fresh"
@@ -175,3 +186,13 @@ def test_bar_plot_of_the_upper_bound_alone_has_its_bar(tmp_path):
     both = summarise([_row("supervised", "10pct", 0.80), _row("full_supervision", "full_supervision", 0.91)])
     assert plot_bars(both, str(tmp_path / "both.png"), "t") == [("supervised", 0.80), ("full_supervision", 0.91)]
     assert (tmp_path / "alone.png").is_file()
+
+
+def test_runs_of_different_seeds_never_share_folders():
+    """`--seed 3 --continue` once kept seed 0's finished models as seed 3's (run 0 of each): a seeded run's
+    folders are named by its seed."""
+    evidence = PROFILES["evidence"]
+    assert run_name(evidence, 0) == "r0" and run_name(evidence, 2) == "r2"
+    shifted = type(evidence)(**{**evidence.__dict__, "seed": 3})
+    assert [run_name(shifted, r) for r in range(3)] == ["r3", "r4", "r5"]
+    assert run_name(PROFILES["tiny"], 1) == "r1"  # unseeded: by run

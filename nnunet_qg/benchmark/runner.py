@@ -149,15 +149,23 @@ def train_arm(job: Job, trainer: str, profile: Profile, env: Dict[str, str], fol
     return {"train_wall_s": sum(c["seconds"] for c in calls), "resumed": len(calls) > 1}
 
 
+def run_name(profile: Profile, repeat: int) -> str:
+    """The name of run `repeat`'s folders: `r<seed>` in a seeded profile, so that `--seed 3` never resumes or
+    keeps the models that seed 0 trained in the same output folder; `r<repeat>` in an unseeded one."""
+    seed = profile.seed_of(repeat)
+    return f"r{repeat if seed is None else seed}"
+
+
 def run_job(job: Job, profile: Profile, env: Dict[str, str], work: str, resume: bool = False) -> dict:
     """Train one arm, predict the held-out test cases with the last checkpoint, evaluate them."""
     trainer = profile.trainer(job.arm)
-    env = {**env, "nnUNet_results": join(work, f"nnUNet_results_r{job.repeat}")}
+    run = run_name(profile, job.repeat)
+    env = {**env, "nnUNet_results": join(work, f"nnUNet_results_{run}")}
     seed = profile.seed_of(job.repeat)
     if seed is not None:
         env[SEED_ENV] = str(seed)
     os.makedirs(env["nnUNet_results"], exist_ok=True)
-    tag = f"{job.fraction}_r{job.repeat}_{job.arm}"
+    tag = f"{job.fraction}_{run}_{job.arm}"
     logs = join(work, "logs")
     raw = pipeline.raw_dataset_folder(env, job.dataset_id)
     fold = pipeline.model_folder(env, job.dataset_id, trainer, profile.configuration, profile.fold)
