@@ -58,4 +58,4 @@ echo "done after $(( $(date +%s) - START )) s" >> "$LOG"
 cp "$LOG" "/tmp/bench/work/logs/gpu_run_call_$START.log" 2>/dev/null  # every call's log, in the archive
 # training logs, progress and calibration plots of every arm, in one archive
 cd /tmp/bench/work 2>/dev/null && tar czf "$OUT/logs.tar.gz" logs \
-    $(find nnUNet_results_r0 -name "*.png" -o -name "training_log_*.txt" -o -name "quality_warmup_metrics.json") 2>/dev/null
+    $(find nnUNet_results_r* -name "*.png" -o -name "training_log_*.txt" -o -name "quality_warmup_metrics.json") 2>/dev/null
