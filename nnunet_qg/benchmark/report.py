@@ -65,8 +65,8 @@ def plot_bars(lines: List[dict], filename: str, title: str,
     fractions = sorted({l["labelled"] for l in lines if l["labelled"] != "all"}) or ["all"]
     drawn: List[Tuple[str, float]] = []
     arms = [a for a in ARMS if any(l["arm"] == a for l in lines)]
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(arms) * max(1, len(fractions))), 4.5))
-    width = 0.8 / max(1, len(fractions))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(arms) * len(fractions)), 4.5))
+    width = 0.8 / len(fractions)
     for i, fraction in enumerate(fractions):
         xs, ys, es = [], [], []
         for j, arm in enumerate(arms):
