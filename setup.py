@@ -73,6 +73,7 @@ setup(
             "nnUNetv2_qg_export=nnunet_qg.export_stock:entry_point",
             "nnUNetv2_qg_benchmark=nnunet_qg.benchmark.cli:entry_point",
             "nnUNetv2_predict_quality=nnunet_qg.quality_control.cli:entry_point",
+            "nnUNetv2_qg_self_train=nnunet_qg.self_training:entry_point",
         ]
     },
 )

@@ -74,6 +74,22 @@ def main() -> None:
     trainer = trainer_from_plans(recursive_find_trainer_class_by_name(args.tr), dataset, args.c,
                                  args.f if args.f == "all" else int(args.f), device)
     trainer.load_checkpoint(join(fold_folder, "checkpoint_final.pth"))
+    if trainer.quality_predictor is None and not trainer.unlabeled_keeps_segmentation:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise SystemExit(f"ERROR: {args.tr} trains no quality predictor g and reads no withheld labels: nothing to "
+                         f"judge. Use a trainer that trains g (e.g. nnUNetTrainerQGSSL_PLQW_withG) or an evidence "
+                         f"arm (withheld labels: the signal comparison).")
+    if trainer.quality_predictor is None:  # the signal comparison alone
+        signals = judge_signals(trainer, args.signal_batches, getattr(trainer, "quality_temperature", 2.0),
+                                sorted({getattr(trainer, "quality_threshold", 0.5), *args.thresholds}))
+        finish_loaders(trainer)
+        shutil.rmtree(scratch, ignore_errors=True)
+        print(f"\nQuality signals of the teacher's pseudo-labels of unlabelled patches against their withheld labels "
+              f"({signals['rows'][0]['n']} patches, batches of {signals['batch_size']}; no g in {args.tr})")
+        table = print_table(signals["rows"], list(dict.fromkeys(k for r in signals["rows"] for k in r)))
+        write_json({"signals": signals, "signal_table": table, "dataset": dataset, "trainer": args.tr,
+                    "fold": args.f, "device": device_description(device)}, args.out)
+        return
     g = trainer.quality_predictor.eval()
     labels = trainer.label_manager.foreground_labels
     temperature = getattr(trainer, "quality_temperature", 2.0)
@@ -100,9 +116,7 @@ def main() -> None:
         q_u.append(judge(view_teacher)[1].cpu().numpy())
     signals = judge_signals(trainer, args.signal_batches, temperature, sorted({threshold, *args.thresholds})) \
         if trainer.unlabeled_keeps_segmentation else None
-    for loader in (trainer.dataloader_train, trainer.dataloader_val, trainer.dataloader_unlabeled):
-        if hasattr(loader, "_finish"):  # not on_train_end: that would write a checkpoint
-            loader._finish()
+    finish_loaders(trainer)
     shutil.rmtree(scratch, ignore_errors=True)
     true_l, q_l, q_u = np.array(true_l), np.concatenate(q_l), np.concatenate(q_u)
     weights = quality_weights(torch.from_numpy(q_u.mean(1)), temperature, threshold).numpy()
@@ -129,11 +143,18 @@ def main() -> None:
                args.out)
 
 
+def finish_loaders(trainer) -> None:
+    """Stop the trainer's loader workers (not on_train_end: that would write a checkpoint)."""
+    for loader in (trainer.dataloader_train, trainer.dataloader_val, trainer.dataloader_unlabeled):
+        if hasattr(loader, "_finish"):
+            loader._finish()
+
+
 def judge_signals(trainer, batches: int, temperature: float, thresholds: Sequence[float]) -> dict:
     """Every candidate quality signal of the teacher's pseudo-labels on `batches` unlabelled batches, against
     their true Dice from the withheld labels (module docstring)."""
     from nnunet_qg.experiments.pseudo_label_quality import expected_dice_per_label
-    from nnunet_qg.mirror_agreement import mirror_agreement
+    from nnunet_qg.mirror_agreement import mirror_agreement, mirror_images, mirrored_logits
     from nnunet_qg.networks import highest_resolution
     from nnunet_qg.quality.dice import soft_dice_per_label
     from nnunet_qg.quality.metrics import agreement
@@ -141,9 +162,11 @@ def judge_signals(trainer, batches: int, temperature: float, thresholds: Sequenc
     from nnunet_qg.ssl_losses import effective_sample_size, quality_weights
     from nnunet_qg.unlabeled.two_views import split_views
 
-    quality = trainer.quality
+    g = trainer.quality_predictor
     labels = trainer.label_manager.foreground_labels
-    columns = {k: [] for k in ("true Dice", "g", "self_estimate", "mirror_agreement", "student_agreement")}
+    foreground = trainer.foreground_channels
+    columns = {k: [] for k in ("true Dice", "g", "self_estimate", "mirror_agreement", "mirror_agreement_all_at_once",
+                               "student_agreement") if k != "g" or g is not None}
     batch_size = None
     network = trainer.network.eval()
     for _ in range(batches):
@@ -153,17 +176,21 @@ def judge_signals(trainer, batches: int, temperature: float, thresholds: Sequenc
         truth = one_hot_foreground(batch["target"].to(trainer.device), labels)
         batch_size = view_teacher.shape[0]
         probs = trainer.teacher_probabilities(view_teacher)
-        pseudo = quality.channel_one_hot(probs.argmax(1, keepdim=True))
+        pseudo = trainer.channel_one_hot(probs.argmax(1, keepdim=True))
         columns["true Dice"].append(soft_dice_per_label(pseudo, truth).mean(1))
         with torch.no_grad(), trainer._autocast():
-            columns["g"].append(trainer.quality_predictor(view_teacher, pseudo).float().mean(1))
+            if g is not None:
+                columns["g"].append(g(view_teacher, pseudo).float().mean(1))
             student = highest_resolution(network(view_teacher)).float()
-        columns["self_estimate"].append(expected_dice_per_label(pseudo, probs[:, quality._foreground_index]).mean(1))
+        columns["self_estimate"].append(expected_dice_per_label(pseudo, probs[:, foreground]).mean(1))
         columns["student_agreement"].append(
-            soft_dice_per_label(quality.channel_one_hot(student.argmax(1, keepdim=True)), pseudo).mean(1))
-        columns["mirror_agreement"].append(mirror_agreement(trainer.teacher_probabilities, view_teacher, pseudo,
-                                                            trainer.inference_allowed_mirroring_axes or (),
-                                                            quality.channel_one_hot))
+            soft_dice_per_label(trainer.channel_one_hot(student.argmax(1, keepdim=True)), pseudo).mean(1))
+        for name, mode in (("mirror_agreement", "each"), ("mirror_agreement_all_at_once", "all_at_once")):
+            with torch.no_grad(), trainer._autocast():
+                _, mirrored = mirrored_logits(trainer.teacher, view_teacher,
+                                              mirror_images(trainer.inference_allowed_mirroring_axes or (), mode))
+            columns[name].append(mirror_agreement(pseudo, [trainer.channel_one_hot(m.argmax(1, keepdim=True))
+                                                           for m in mirrored]))
     values = {k: torch.cat(v).float().cpu() for k, v in columns.items()}
     truth = values["true Dice"]
     n_batches = len(truth) // batch_size
@@ -184,7 +211,8 @@ def judge_signals(trainer, batches: int, temperature: float, thresholds: Sequenc
     rows = [{"signal": "uniform (unweighted PL)", "n": len(truth), **weighting(torch.ones_like(truth))},
             {"signal": "oracle (true Dice)", "n": len(truth), **weighting(truth)}]
     for first, second in (("g", "mirror_agreement"), ("self_estimate", "mirror_agreement"), ("g", "self_estimate")):
-        values[f"{first}+{second}"] = (values[first] + values[second]) / 2
+        if first in values and second in values:
+            values[f"{first}+{second}"] = (values[first] + values[second]) / 2
     for name in [k for k in values if k != "true Dice"]:
         figures = agreement(values[name].numpy(), truth.numpy())
         rows.append({"signal": name, "n": figures["n"], "mean": float(values[name].mean()),

@@ -1,6 +1,7 @@
 """Cost of one training iteration of each semi-supervised trainer, as ratios to nnUNetTrainer.
 
-    python benchmarks/trainer_speed_benchmark.py -d 4 [-c 3d_fullres] [--device cuda] [--iterations 20]
+    python benchmarks/trainer_speed_benchmark.py -d 4 [-c 3d_fullres] [--device cuda] [--iterations 20] \
+        [--summary benchmarks/results/trainer_speed_cpu.json]
 
 Needs a dataset planned and preprocessed with stock nnU-Net and `nnUNetv2_preprocess_unlabeled`
 (e.g. the one benchmarks/quality_predictor_benchmark.py prepares). Every trainer is built on the
@@ -12,9 +13,12 @@ timeline: parameters, gradients, optimizer state and activations; the process's 
 also kept, but the interpreter and libraries dwarf a small patch's activations there; each trainer
 runs in a fresh process), and the number of leaf operators per iteration (each at least one
 kernel launch on a GPU: the cost of a step when the GPU is mostly idle, as at small patches and
-batches). Writes JSON and prints the table.
+batches). Writes JSON and prints the table. `--summary FILE` also keeps this configuration's ratios in FILE
+(configuration -> {dataset, device, date, commit, iterations, trainers: trainer -> {time_ratio, s_per_iter,
+ratio_to_mean_teacher}}), beside the other configurations already there.
 """
 import argparse
+import json
 import multiprocessing
 import os
 import resource
@@ -67,7 +71,7 @@ def measure(trainer_name: str, dataset: str, configuration: str, device: torch.d
                   dataset_json=load_json(join(nnUNet_preprocessed, dataset, "dataset.json")), device=device)
     trainer.on_train_start()
     trainer.network.train()
-    if hasattr(trainer, "quality"):
+    if getattr(trainer, "quality", None) is not None:
         trainer.quality.freeze()
     trainer.current_epoch = trainer.num_epochs - 1  # every unlabelled loss at full weight
     if hasattr(trainer, "unlabeled_weight_at"):
@@ -145,6 +149,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--trainers", nargs="+", default=DEFAULT_TRAINERS)
     parser.add_argument("--out", default="benchmark_results/trainer_speed.json")
+    parser.add_argument("--summary", default=None, help="JSON file of every configuration's ratios (updated)")
     args = parser.parse_args()
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
@@ -173,6 +178,30 @@ def main() -> None:
                                "ops_ratio"])
     write_json({"dataset": dataset, "configuration": args.c, "device": device_description(device),
                 "iterations": args.iterations, "rows": rows, "table": table}, args.out)
+    if args.summary:
+        update_summary(args.summary, args.c, dataset, device_description(device), args.iterations, rows)
+
+
+def update_summary(path: str, configuration: str, dataset: str, device: str, iterations: int, rows: list) -> None:
+    """This configuration's ratios in the summary file (configuration -> ...; module docstring), the others kept."""
+    from datetime import date
+
+    from nnunet_qg.atomic import atomic_write_json
+    from nnunet_qg.benchmark.paired import source_commit
+
+    summary = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            summary = json.load(f)
+    teacher = next((r for r in rows if r["trainer"] == "nnUNetTrainerMeanTeacher"), None)
+    summary[configuration] = {
+        "dataset": dataset, "device": device, "date": date.today().isoformat(), "commit": source_commit(),
+        "iterations": iterations,
+        "trainers": {r["trainer"]: {"time_ratio": r["time_ratio"], "s_per_iter": r["s_per_iter"],
+                                    "ratio_to_mean_teacher": r["s_per_iter"] / teacher["s_per_iter"] if teacher
+                                    else None} for r in rows}}
+    atomic_write_json(summary, path)
+    print(f"wrote {path} ({configuration})")
 
 
 if __name__ == "__main__":

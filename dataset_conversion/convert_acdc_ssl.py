@@ -43,6 +43,12 @@ from nnunet_qg.dataset_conversion.volume_io import (checked_label, nifti_case_wr
 SSL4MIS_LABELLED_LINES = {3: 68, 7: 136}  # patients -> lines of train_slices.list
 DEFAULT_SPACING = (5.0, 1.5, 1.5)  # z, y, x
 LABELS = {"background": 0, "RV": 1, "myocardium": 2, "LV": 3}
+# written into dataset.json (nnU-Net's own default there is a placeholder)
+CITATION = ("Bernard O, Lalande A, Zotti C, et al. Deep Learning Techniques for Automatic MRI Cardiac "
+            "Multi-structures Segmentation and Diagnosis: Is the Problem Solved? IEEE Transactions on Medical "
+            "Imaging 37(11):2514-2525, 2018. doi:10.1109/TMI.2018.2837502")
+TERMS = ("ACDC challenge data (Creatis, Universite de Lyon): research use under the challenge's terms of use "
+         "(https://www.creatis.insa-lyon.fr/Challenge/acdc/); publications must cite Bernard et al. 2018")
 SLICE_NAME = re.compile(r"^(?P<volume>patient\d+_frame\d+)_slice_(?P<z>\d+)$")
 
 
@@ -135,7 +141,7 @@ def convert_acdc_original(frames: Dict[str, Dict[str, str]], dataset_id: int, sp
 
     return write_ssl_dataset(dataset_id, name, split, write_case, channel_names={0: "cineMRI"}, labels=LABELS,
                              file_ending=".nii.gz", overwrite=overwrite, skip_unreadable=skip_unreadable,
-                             reference="ACDC (Bernard et al. 2018)")
+                             reference=CITATION, license=TERMS)
 
 
 def convert_acdc_ssl(folder: str, dataset_id: int, split: Dict[str, List[str]], spacing=DEFAULT_SPACING,
@@ -147,8 +153,9 @@ def convert_acdc_ssl(folder: str, dataset_id: int, split: Dict[str, List[str]], 
     return write_ssl_dataset(dataset_id, name, split, nifti_case_writer(source.volume, spacing),
                              channel_names={0: "cineMRI"}, labels=LABELS,
                              file_ending=".nii.gz", overwrite=overwrite, skip_unreadable=skip_unreadable,
-                             reference="ACDC (Bernard et al. 2018), SSL4MIS h5 form",
-                             description=f"spacing {list(spacing)} mm (z, y, x) given at conversion (h5 has none)")
+                             reference=CITATION, license=TERMS,
+                             description=f"ACDC in the SSL4MIS h5 form; spacing {list(spacing)} mm (z, y, x) given at "
+                                         f"conversion (h5 has none)")
 
 
 def entry_point() -> None:

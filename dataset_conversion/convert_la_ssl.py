@@ -44,6 +44,12 @@ def la_cases(folder: str) -> Dict[str, List[str]]:
 
 
 LABELS = {"background": 0, "left_atrium": 1}
+# written into dataset.json (nnU-Net's own default there is a placeholder)
+CITATION = ("Xiong Z, Xia Q, Hu Z, et al. A global benchmark of algorithms for segmenting the left atrium from "
+            "late gadolinium-enhanced cardiac magnetic resonance imaging. Medical Image Analysis 67:101832, 2021 "
+            "(the 2018 Atrial Segmentation Challenge). doi:10.1016/j.media.2020.101832")
+TERMS = ("2018 Atrial Segmentation Challenge data (STACOM 2018): research use under the challenge's terms of use; "
+         "publications must cite Xiong et al. 2021")
 
 
 def read_h5_case(path: str):
@@ -64,8 +70,9 @@ def convert_la_ssl(folder: str, dataset_id: int, split: Dict[str, List[str]], sp
     return write_ssl_dataset(dataset_id, name, split, write_case, channel_names={0: "MRI"},
                              labels=LABELS, file_ending=".nii.gz",
                              overwrite=overwrite, skip_unreadable=skip_unreadable,
-                             reference="2018 Atrial Segmentation Challenge (h5 form of UA-MT)",
-                             description=f"LA 2018, spacing {list(spacing)} mm given at conversion (h5 has none)")
+                             reference=CITATION, license=TERMS,
+                             description=f"LA 2018 in the h5 form of UA-MT; spacing {list(spacing)} mm given at "
+                                         f"conversion (h5 has none)")
 
 
 def entry_point() -> None:

@@ -153,12 +153,12 @@ def entry_point() -> None:
     parser.add_argument("--num-labelled", type=int, default=6)
     parser.add_argument("--max-unlabelled", type=int, default=None)
     parser.add_argument("--max-test", type=int, default=4)
-    parser.add_argument("--trainer", default="nnUNetTrainerQGSSL_demo")
+    parser.add_argument("--trainer", default="nnUNetTrainerQGSSL_PLQW_demo")
     parser.add_argument("--smoke", action="store_true", help="Smallest setting (for CI): debug trainer, 12 cases")
     args = parser.parse_args()
     started = time.time()
     if args.smoke:
-        args.trainer, num_cases, args.max_test = "nnUNetTrainerQGSSL_debug", 12, 2
+        args.trainer, num_cases, args.max_test = "nnUNetTrainerQGSSL_PLQW_debug", 12, 2
     else:
         num_cases = 20
     run_demo(args.output, args.data, args.dataset_id, args.num_labelled, args.max_unlabelled, args.max_test,

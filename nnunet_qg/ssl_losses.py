@@ -74,6 +74,15 @@ def weighted_mean(losses: torch.Tensor, weights: torch.Tensor, eps: float = 1e-8
     return (weights * losses).sum() / (weights.sum() + eps)
 
 
+def neutral_weights(weights: torch.Tensor, neutral: torch.Tensor) -> torch.Tensor:
+    """`weights` (B,) with the samples marked in `neutral` (B, bool) set to the mean weight of the others (1 where
+    every sample is marked): such samples then neither dominate nor vanish under weighted_mean's sum_j w_j."""
+    others = ~neutral
+    mean = (weights * others).sum() / others.sum().clamp_min(1)
+    fill = torch.where(others.any(), mean, torch.ones_like(mean))
+    return torch.where(neutral, fill.to(weights.dtype), weights)
+
+
 def softmax_mse_per_sample(student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
     """Mean Teacher consistency per sample: mean squared difference of softmax maps."""
     probs = torch.softmax(student_logits.float(), 1)

@@ -38,9 +38,22 @@ def test_zero_cases(phantom_copy):
 
 
 def test_wrong_number_of_channels(phantom_copy):
+    """An extra channel file: the message says which file to remove."""
     first = sorted(_unlabeled(phantom_copy).iterdir())[0]
-    shutil.copy(first, first.with_name(first.name.replace("_0000", "_0001")))
-    _fails_with(phantom_copy, "Wrong number of channels", first.name[:-12], "declares 1 channel")
+    extra = first.with_name(first.name.replace("_0000", "_0001"))
+    shutil.copy(first, extra)
+    _fails_with(phantom_copy, "Wrong channels", first.name[:-12], "declares 1 channel", f"remove or rename {extra}")
+
+
+def test_wrong_channel_index_names_the_file_to_provide(phantom_copy):
+    """CASE_0001 in a 1-channel dataset: the example is the file expected (CASE_0000), not the one found."""
+    first = sorted(_unlabeled(phantom_copy).iterdir())[0]
+    wrong = first.with_name(first.name.replace("_0000", "_0001"))
+    first.rename(wrong)
+    proc = run_cli(PREPROCESS, phantom_copy, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+    message = next(line for line in (proc.stdout + proc.stderr).splitlines() if "Wrong channels" in line)
+    assert f"provide {first}" in message and f"remove or rename {wrong}" in message, message
 
 
 def test_badly_named_file(phantom_copy):
@@ -82,10 +95,13 @@ def test_trainer_without_preprocessed_unlabelled(phantom_copy):
     shutil.rmtree(Path(phantom_copy["nnUNet_preprocessed"]) / DATASET / "nnUNetPlans_3d_fullres_unlabeled")
     cmd = ["nnUNetv2_train", str(PHANTOM_ID), "3d_fullres", "0", "-tr", "nnUNetTrainerSSL_debug", "-device", "cpu"]
     proc = run_cli(cmd, phantom_copy, check=False)
-    text = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert "No preprocessed unlabelled cases" in text
-    assert f"nnUNetv2_preprocess_unlabeled -d {PHANTOM_ID} -c 3d_fullres" in text
+    # one line on stderr: the message and the command to run, no traceback through nnU-Net's run_training
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ERROR")]  # (torch warns on import)
+    assert len(errors) == 1 and errors[0].startswith("ERROR: No preprocessed unlabelled cases"), proc.stderr
+    assert f"nnUNetv2_preprocess_unlabeled -d {PHANTOM_ID} -c 3d_fullres" in errors[0]
+    assert proc.stderr.rstrip().endswith(errors[0]), proc.stderr  # the last line: nothing printed after it
 
 
 @pytest.mark.parametrize("variable", ["nnUNet_raw", "nnUNet_preprocessed"])

@@ -156,8 +156,9 @@ def test_left_atrium_h5(tmp_path):
     (source / "test.list").write_text("\n".join(test) + "\n")
     run_cli(["nnUNetv2_convert_LA_ssl", "-i", str(source), "-d", "835", "--num-labelled", "2"], env)
     raw = _raw(env, "Dataset835_LeftAtrium")
-    split, _ = _check_layout(raw, 2, 4, 2, ".nii.gz")
+    split, dataset_json = _check_layout(raw, 2, 4, 2, ".nii.gz")
     assert split["labelled"] == train[:2] and split["test"] == test  # the start of train.list
+    _check_terms(dataset_json, "Xiong", "Medical Image Analysis", "Atrial Segmentation Challenge")
     image = sitk.ReadImage(str(raw / "imagesTr" / "LA00_0000.nii.gz"))
     assert image.GetSize() == (20, 16, 12) and image.GetSpacing() == (0.625, 0.625, 0.625)
     with h5py.File(source / "2018LA_Seg_Training Set" / "LA00" / "mri_norm2.h5") as f:
@@ -198,6 +199,13 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path, problem):
     assert not list(Path(env["nnUNet_raw"]).iterdir())  # no dataset and no temporary folder left behind
 
 
+def _check_terms(dataset_json: dict, author: str, journal: str, terms: str) -> None:
+    """dataset.json carries the dataset's citation and terms of use, not nnU-Net's placeholder licence."""
+    assert "lazy" not in json.dumps(dataset_json), dataset_json
+    assert author in dataset_json["reference"] and journal in dataset_json["reference"], dataset_json["reference"]
+    assert terms in dataset_json["licence"], dataset_json["licence"]
+
+
 def _acdc_ssl4mis(root: Path, patients: int = 4, slices: int = 12, slices_folder: str = "data/slices"):
     """The SSL4MIS form: training volumes as slices (in data/slices/ or directly in data/), two test volumes.
     Returns the training label volumes."""
@@ -235,6 +243,7 @@ def test_acdc_ssl4mis_h5(tmp_path):
     split, dataset_json = _check_layout(raw, 2, 6, 2, ".nii.gz")
     assert split["labelled"] == ["patient001_frame01", "patient001_frame12"]  # the patient of the first 24 lines
     assert dataset_json["labels"] == {"background": 0, "RV": 1, "myocardium": 2, "LV": 3}
+    _check_terms(dataset_json, "Bernard", "IEEE Transactions on Medical Imaging", "ACDC")
     rebuilt = sitk.ReadImage(str(raw / "labelsTr" / "patient001_frame12.nii.gz"))
     assert np.array_equal(sitk.GetArrayFromImage(rebuilt), volumes["patient001_frame12"])
     assert rebuilt.GetSpacing() == (1.5, 1.5, 5.0)
@@ -262,7 +271,8 @@ def test_acdc_original_release_splits_patients(tmp_path):
     run_cli(["nnUNetv2_convert_ACDC_ssl", "-i", str(tmp_path / "acdc"), "-d", "837", "--num-labelled-patients", "2"],
             env)
     raw = _raw(env, "Dataset837_ACDC")
-    split, _ = _check_layout(raw, 4, 6, 4, ".nii.gz")
+    split, dataset_json = _check_layout(raw, 4, 6, 4, ".nii.gz")
+    _check_terms(dataset_json, "Bernard", "IEEE Transactions on Medical Imaging", "ACDC")
     patients = {k: {c.split("_")[0] for c in v} for k, v in split.items()}
     assert len(patients["labelled"]) == 2 and patients["test"] == {"patient101", "patient102"}
     assert not patients["labelled"] & patients["unlabelled"]  # both frames of a patient stay together

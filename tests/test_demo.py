@@ -22,7 +22,7 @@ def test_demo_smoke(tmp_path):
     assert len(summary["metric_per_case"]) == 2
     mean_dice = summary["foreground_mean"]["Dice"]
     assert f"{mean_dice:>8.4f}" in proc.stdout and 0.0 <= mean_dice <= 1.0
-    model = out / "nnUNet_results" / "Dataset901_Phantom" / "nnUNetTrainerQGSSL_debug__nnUNetPlans__3d_fullres"
+    model = out / "nnUNet_results" / "Dataset901_Phantom" / "nnUNetTrainerQGSSL_PLQW_debug__nnUNetPlans__3d_fullres"
     assert (model / "fold_0" / "progress_ssl.png").is_file()
     # stage 7: quality control of both test cases, calibrated on the held-out phantom cases, beside the true Dice
     report = json.loads((out / "quality_control" / "quality.json").read_text())

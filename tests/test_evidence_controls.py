@@ -6,53 +6,66 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import HIPPOCAMPUS, PHANTOM_DATASET, nnunet_env, requires_hippocampus, run_cli, trainer_checks_fixture
+from conftest import HIPPOCAMPUS, PHANTOM_DATASET, REPO, nnunet_env, requires_hippocampus, run_cli, trainer_checks_fixture
 
 # the body of check(trainer, args), run on the real trainers in one subprocess (conftest.run_trainer_checks);
 # args[0]: which weight the trainer must give ("oracle", "unweighted", "shuffled", "g", "mirror", or "no_mirror_axes":
 # the shipped PL-QW in plans that allow no mirroring falls back to g's weights)
 CHECK = """
+    import sys
+    sys.path.insert(0, TESTS)
+    from test_mirror_agreement import reference_of
     from nnunet_qg.quality.dice import soft_dice_per_label
     from nnunet_qg.quality.training import one_hot_foreground
     from nnunet_qg.ssl_losses import per_sample_dice_ce, quality_weights, weighted_mean
-    from nnunet_qg.mirror_agreement import mirror_agreement
     kind = args[0]
-    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # the mirror axes, as training sets them
-    if kind == "no_mirror_axes":
-        trainer.inference_allowed_mirroring_axes = ()
+    if kind == "no_mirror_axes":  # plans that allow no mirroring, as nnU-Net's nnUNetTrainerNoMirroring makes them
+        class NoMirroring(type(trainer)):
+            def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+                rotation, dummy_2d, patch, _ = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+                self.inference_allowed_mirroring_axes = None
+                return rotation, dummy_2d, patch, None
+        kwargs = dict(trainer.my_init_kwargs)
+        kwargs["plans"] = {**kwargs["plans"], "continue_training": False}  # nnU-Net's __init__ pops it
+        trainer = NoMirroring(**kwargs)
+        trainer.initialize()
+        assert trainer.quality is not None, "without mirror axes PL-QW reads g: g must be trained"
         kind = "g"
     assert trainer.pseudo_labels_scored_by_g() == (kind != "mirror"), kind
+    assert (trainer.quality is None) == (kind == "mirror"), "g trained where nothing reads it, or missing"
     torch.manual_seed(0)
     x = torch.randn(4, 1, *trainer.configuration_manager.patch_size)
-    trainer.quality.freeze()  # as after the warm-up
+    view_teacher = x + 0.3 * torch.randn_like(x)  # the teacher's view differs from the student's
+    if trainer.quality is not None:
+        trainer.quality.freeze()  # as after the warm-up
     trainer._weights = {"plqw": 1.0, "qar": 0.0}
     # "withheld" labels: the teacher's own pseudo-labels for two samples (true Dice 1), noise for the others
-    teacher = trainer.teacher_probabilities(x)
-    pseudo, mask = trainer.pseudo_labels(teacher)
+    with torch.no_grad():
+        pseudo = trainer.teacher(view_teacher).argmax(1, keepdim=True)
     labels = torch.randint(0, 3, pseudo.shape)
     labels[:2] = pseudo[:2]
     trainer._unlabeled_target = labels
+    unlabeled = trainer.unlabeled_batch(x, view_teacher)
+    assert torch.equal(unlabeled.targets.channels, pseudo)
+    mask = one_hot_foreground(pseudo, [1, 2])
     output = trainer.network(x)
-    loss, extras = trainer.compute_unlabeled_loss(output, x, x)
+    loss, extras = trainer.compute_unlabeled_loss(output, unlabeled)
     with torch.no_grad():
         true = soft_dice_per_label(mask, one_hot_foreground(labels, [1, 2])).mean(1)
-        g_weights = quality_weights(trainer.quality_predictor(x, mask).float().mean(1))
+        g_weights = quality_weights(trainer.quality_predictor(view_teacher, mask).float().mean(1)) \
+            if trainer.quality is not None else None
     assert torch.allclose(extras["ssl_pseudo_label_true_dice"], true.mean()), "true Dice of the pseudo-labels"
     losses = per_sample_dice_ce(output, pseudo, trainer.loss.weight_factors)
-    if kind == "shuffled":  # a permutation of g's weights: recover it from the logged loss
-        weights = None
-        for perm in __import__("itertools").permutations(range(4)):
-            w = g_weights[list(perm)]
-            if torch.allclose(weighted_mean(losses, w), extras["ssl_loss_plqw"], atol=1e-6):
-                weights = w
-                break
-        assert weights is not None, "the shuffled weights are no permutation of g's"
+    if kind == "shuffled":  # g's weights in the permutation the trainer's fresh private generator draws first
+        weights = g_weights[torch.randperm(4, generator=torch.Generator().manual_seed(trainer.quality_seed))]
+    elif kind == "mirror":  # the voxelwise reference from separate teacher calls on the teacher's view
+        teacher_logits = lambda images: trainer.teacher(images).detach()
+        mirror = torch.from_numpy(reference_of(teacher_logits, view_teacher, trainer.inference_allowed_mirroring_axes,
+                                               [1, 2])).float()
+        assert len(trainer.inference_allowed_mirroring_axes) == 3  # the phantom is 3D: three axes
+        weights = quality_weights(mirror)
     else:
-        mirror = mirror_agreement(trainer.teacher_probabilities, x, mask, trainer.inference_allowed_mirroring_axes,
-                                  trainer.quality.channel_one_hot)
-        assert kind == "g" or len(trainer.inference_allowed_mirroring_axes) == 3  # the phantom is 3D: three axes
-        weights = {"oracle": quality_weights(true), "unweighted": torch.ones(4), "g": g_weights,
-                   "mirror": quality_weights(mirror)}[kind]
+        weights = {"oracle": quality_weights(true), "unweighted": torch.ones(4), "g": g_weights}[kind]
     if kind == "oracle":
         assert weights[:2].eq(1).all() and weights[2:].eq(0).all(), weights  # perfect pseudo-labels kept only
     expected = weighted_mean(losses, weights)
@@ -64,7 +77,7 @@ CHECK = """
     want = torch.autograd.grad(weighted_mean(losses, weights.detach()), out0)[0]
     assert torch.allclose(got, want, atol=1e-7)
     print("OK", kind, [round(float(w), 3) for w in weights])
-"""
+""".replace("TESTS", repr(str(REPO / "tests")))
 ARMS = [("nnUNetTrainerOraclePL", "oracle"), ("nnUNetTrainerUnweightedPL", "unweighted"),
         ("nnUNetTrainerShuffledPL", "shuffled"), ("nnUNetTrainerQGSSL_PLQW_gWeights", "g"),
         ("nnUNetTrainerQGSSL_PLQW", "mirror"), ("nnUNetTrainerQGSSL_PLQW", "no_mirror_axes")]
@@ -92,32 +105,6 @@ def test_withheld_labels_only_in_benchmark_trainers():
                     "nnUNetTrainerQGSSL_gWeights", "nnUNetTrainerMeanTeacher", "nnUNetTrainerMTQW"):
         assert not issubclass(getattr(trainers, shipped), WithheldLabels), shipped
     assert issubclass(nnUNetTrainerOraclePL, WithheldLabels)
-
-
-def test_mirror_agreement_is_one_for_an_equivariant_predictor_and_drops_for_a_position_bound_one():
-    """The mirror agreement (nnunet_qg/mirror_agreement.py, PL-QW's score): a predictor that follows the image agrees
-    with itself under every mirroring; one that paints the left half whatever the image loses the axis that
-    moves the left half (Dice 0) and keeps the other (Dice 1): mean 0.5."""
-    from nnunet_qg.mirror_agreement import mirror_agreement
-    from nnunet_qg.quality.training import one_hot_foreground
-
-    torch.manual_seed(0)
-    images = torch.randn(3, 1, 8, 10)
-    one_hot = lambda channels: one_hot_foreground(channels, [1])  # noqa: E731
-
-    def follows_image(x):
-        return torch.cat([(x <= 0).float(), (x > 0).float()], 1)
-
-    def left_half(x):
-        fg = torch.zeros_like(x)
-        fg[..., :5] = 1
-        return torch.cat([1 - fg, fg], 1)
-
-    for probabilities_of, expected in ((follows_image, 1.0), (left_half, 0.5)):
-        pseudo = one_hot(probabilities_of(images).argmax(1, keepdim=True))
-        agreement = mirror_agreement(probabilities_of, images, pseudo, (0, 1), one_hot)
-        assert agreement.shape == (3,) and torch.allclose(agreement, torch.full((3,), expected)), agreement
-    assert torch.equal(mirror_agreement(left_half, images, pseudo, (), one_hot), torch.ones(3))
 
 
 def test_two_view_transform_keeps_the_withheld_segmentation_aligned():

@@ -16,6 +16,7 @@ CHECK = """
     if hasattr(trainer, "quality"):  # as after the warm-up, every unlabelled loss on
         trainer.quality.freeze()
         trainer._weights = {"plqw": 1.0, "qar": 0.5}
+        trainer.quality_threshold = 0.0  # every pseudo-label of the untrained teacher weighs (its loss has a gradient)
     trainer._current_unlabeled_weight = 1.0
     torch.manual_seed(0)
     patch = trainer.configuration_manager.patch_size
@@ -24,7 +25,7 @@ CHECK = """
         seg = highest_resolution(trainer.network(data)).argmax(1, keepdim=True)
     target = [seg] + [torch.nn.functional.interpolate(seg.float(), size=o.shape[2:]).long()
                       for o in trainer.network(data)[1:]]
-    views = (torch.randn(2, 1, *patch), torch.randn(2, 1, *patch))
+    views = trainer.unlabeled_batch(torch.randn(2, 1, *patch), torch.randn(2, 1, *patch))  # with the teacher's targets
 
     def step(separate):
         trainer.unlabeled_separate_backward = separate

@@ -1,9 +1,11 @@
-"""The teacher's and the student's probabilities on a BATCH, in the real trainers (a regression test).
+"""The teacher's and the student's probabilities on a BATCH, and the teacher's part of a step, in the real trainers.
 
 nnU-Net's LabelManager.apply_inference_nonlin takes one case (C, ...): on a batch it normalised
 across the batch axis and ran without gradient, so the teacher's pseudo-labels were garbage and
-the Mean Teacher consistency never reached the student. Here the teacher is set equal to the
-student, so its probabilities must equal the student's softmax sample by sample.
+the Mean Teacher consistency never reached the student. Here the teacher is first set equal to the
+student, so its probabilities must equal the student's softmax sample by sample. Then the teacher gets
+weights of its own and sees a view that differs from the student's: its pseudo-labels and PL-QW's score must
+equal what separate teacher calls give, scored by the voxelwise reference of test_mirror_agreement.py.
 """
 import json
 import sys
@@ -13,11 +15,16 @@ import pytest
 
 from conftest import PHANTOM_DATASET, PHANTOM_ID, REPO, run_cli, trainer_checks_fixture
 
-# the body of check(trainer, args), run on the real trainers in one subprocess (conftest.run_trainer_checks)
+# the body of check(trainer, args), run on the real trainers in one subprocess (conftest.run_trainer_checks);
+# args[0]: the PL-QW options to set ("shipped", "skip": mirror_absent_labels "skip", "average":
+# pseudo_label_mirror_average)
 CHECK = """
-    from nnunet_qg.mirror_agreement import mirror_agreement
+    import sys
+    sys.path.insert(0, TESTS)
+    import numpy as np
+    from test_mirror_agreement import reference_agreement, reference_of
     from nnunet_qg.networks import highest_resolution, unwrap_network
-    trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()  # the mirror axes, as training sets them
+    from nnunet_qg.ssl_losses import neutral_weights, quality_weights
     torch.manual_seed(0)
     x = torch.randn(3, 1, *trainer.configuration_manager.patch_size)  # three different samples
     trainer.teacher.module.load_state_dict(unwrap_network(trainer.network).state_dict())  # teacher = student
@@ -27,49 +34,87 @@ CHECK = """
     assert teacher.shape == student.shape, (teacher.shape, student.shape)
     assert torch.allclose(teacher.sum(1), torch.ones_like(teacher[:, 0]), atol=1e-5), "not normalised per voxel"
     assert torch.allclose(teacher, student, atol=1e-5), "teacher != student although their weights are equal"
-    quality_guided = hasattr(trainer, "pseudo_labels")
+    quality_guided = hasattr(trainer, "plqw_weight")
     if quality_guided:
-        pseudo, mask = trainer.pseudo_labels(teacher)
-        assert torch.equal(pseudo[:, 0], student.argmax(1)), "pseudo-labels are not the teacher's argmax"
-        channels = trainer.quality.foreground_channels
-        assert torch.equal(mask, torch.stack([student.argmax(1) == c for c in channels], 1).float())
-        trainer.quality.freeze()  # as after the warm-up
-        trainer._weights = {"plqw": 1.0, "qar": 0.01}
-    # the unlabelled loss alone moves the student
-    trainer.network.zero_grad(set_to_none=True)
+        if args[0] == "skip":
+            trainer.mirror_absent_labels = "skip"
+        if args[0] == "average":
+            trainer.pseudo_label_mirror_average = True
+        if trainer.quality is not None:
+            trainer.quality.freeze()  # as after the warm-up
+        trainer._weights = {"plqw": 1.0, "qar": 0.01 if trainer.qar_weight > 0 else 0.0}
+    # the teacher: weights of its own (a step of noise away), a view of its own
+    with torch.no_grad():
+        for p in trainer.teacher.module.parameters():
+            p.add_(0.05 * torch.randn_like(p))
     view_teacher = x + 0.3 * torch.randn_like(x)
-    output = trainer.network(x)
-    loss, extras = trainer.compute_unlabeled_loss(output, x, view_teacher)
-    if quality_guided:  # where g scores the pseudo-labels, PL-QW and QAR share one pass of g: a pass's values each
-        g = trainer.quality_predictor
-        with torch.no_grad():
-            pseudo_mask = trainer.pseudo_labels(trainer.teacher_probabilities(view_teacher))[1]
-            if trainer.pseudo_labels_scored_by_g():  # MTQW: g's weights
-                plqw_quality = g(view_teacher, pseudo_mask).float().mean(1)
-            else:  # QG-SSL as shipped: the teacher's mirror agreement on ITS view
-                plqw_quality = mirror_agreement(trainer.teacher_probabilities, view_teacher, pseudo_mask,
-                                                trainer.inference_allowed_mirroring_axes, trainer.quality.channel_one_hot)
-            qar = 1 - g(x, trainer.quality.foreground_softmax(highest_resolution(output))).mean()
-        assert trainer.pseudo_labels_scored_by_g() == ("MTQW" in trainer.__class__.__name__)
-        assert torch.allclose(extras["ssl_pseudo_label_quality"], plqw_quality.mean(), atol=1e-5)
-        assert torch.allclose(extras["ssl_loss_qar"], qar, atol=1e-5)
+    view_student = x
+    trainer.network.zero_grad(set_to_none=True)
+    unlabeled = trainer.unlabeled_batch(view_student, view_teacher)
+    output = trainer.network(view_student)
+    loss, extras = trainer.compute_unlabeled_loss(output, unlabeled)
+    if quality_guided:
+        pseudo = unlabeled.targets
+        axes = list(trainer.inference_allowed_mirroring_axes)
+        labels = trainer.foreground_channels
+        def teacher_logits(images):  # one separate call per sample
+            with torch.no_grad():
+                return torch.cat([trainer.teacher(images[i:i + 1]).float() for i in range(images.shape[0])])
+        if args[0] == "average":
+            probs = [torch.softmax(teacher_logits(view_teacher), 1)] + [
+                torch.softmax(teacher_logits(view_teacher.flip([a + 2])), 1).flip([a + 2]) for a in axes]
+            expected_channels = torch.stack(probs).mean(0).argmax(1)
+        else:
+            expected_channels = teacher_logits(view_teacher).argmax(1)
+        assert torch.equal(pseudo.channels[:, 0], expected_channels), "pseudo-labels are not the teacher's argmax"
+        assert torch.equal(pseudo.mask, torch.stack([expected_channels == c for c in labels], 1).float())
+        g = trainer.quality_predictor if trainer.quality is not None else None
+        if trainer.pseudo_labels_scored_by_g():  # MTQW: g's score of the teacher's pseudo-label on its view
+            with torch.no_grad():
+                expected_q = g(view_teacher, pseudo.mask).float().mean(1)
+        else:  # PL-QW as shipped: the teacher's mirror agreement on ITS view, by the voxelwise reference
+            mirrored = [np.flip(teacher_logits(view_teacher.flip([a + 2])).argmax(1).numpy(), a + 1) for a in axes]
+            if args[0] == "average":  # the mirrored predictions scored against the averaged pseudo-label
+                expected_q = torch.from_numpy(reference_agreement(expected_channels.numpy(), mirrored, labels, True))
+            else:
+                expected_q = torch.from_numpy(reference_of(teacher_logits, view_teacher, axes, labels,
+                                                           args[0] != "skip"))
+            assert len(axes) == 3  # the phantom is 3D
+        expected_q = expected_q.float()
+        assert torch.allclose(pseudo.quality if pseudo.quality is not None else expected_q, expected_q, atol=1e-5)
+        assert torch.allclose(extras["ssl_pseudo_label_quality"], expected_q.mean(), atol=1e-5)
+        weights = quality_weights(expected_q, trainer.quality_temperature, trainer.quality_threshold)
+        if args[0] == "skip":  # no label in the pseudo-label nor in any mirrored prediction
+            found = [np.isin(maps, labels).reshape(len(maps), -1).any(1) for maps in [expected_channels.numpy()] + mirrored]
+            assert pseudo.background_only.tolist() == (~np.any(found, 0)).tolist()
+            weights = neutral_weights(weights, torch.from_numpy(~np.any(found, 0)))
+        else:
+            assert pseudo.background_only is None
+        assert torch.allclose(extras["ssl_quality_weight_mean"], weights.mean(), atol=1e-5)
+        if trainer.qar_weight > 0:
+            with torch.no_grad():
+                qar = 1 - g(view_student, trainer.quality.foreground_softmax(highest_resolution(output))).mean()
+            assert torch.allclose(extras["ssl_loss_qar"], qar, atol=1e-5)
+    # the unlabelled loss alone moves the student, never g
     assert loss.requires_grad, "the unlabelled loss has no gradient"
     loss.backward()
     grads = [p.grad.abs().sum() for p in trainer.network.parameters() if p.grad is not None]
     assert grads and float(sum(grads)) > 0, "no gradient reached the student"
-    if quality_guided:
-        assert all(p.grad is None for p in g.parameters()), "the unlabelled loss reached g's parameters"
+    if quality_guided and trainer.quality is not None:
+        assert all(p.grad is None for p in trainer.quality_predictor.parameters()), "the loss reached g"
     print("OK", float(loss))
-"""
-TRAINERS = ["nnUNetTrainerMeanTeacher_debug", "nnUNetTrainerQGSSL_debug", "nnUNetTrainerMTQW_debug"]
+""".replace("TESTS", repr(str(REPO / "tests")))
+JOBS = [("nnUNetTrainerMeanTeacher_debug", "shipped"), ("nnUNetTrainerQGSSL_debug", "shipped"),
+        ("nnUNetTrainerMTQW_debug", "shipped"), ("nnUNetTrainerQGSSL_PLQW_debug", "shipped"),
+        ("nnUNetTrainerQGSSL_PLQW_debug", "skip"), ("nnUNetTrainerQGSSL_PLQW_debug", "average")]
 
 
-checked = trainer_checks_fixture(CHECK, [(t, PHANTOM_DATASET) for t in TRAINERS], "teacher_checks")
+checked = trainer_checks_fixture(CHECK, [(t, PHANTOM_DATASET, option) for t, option in JOBS], "teacher_checks")
 
 
-@pytest.mark.parametrize("trainer", TRAINERS)
-def test_teacher_probabilities_per_sample_and_consistency_gradient(checked, trainer):
-    result = checked[(trainer, PHANTOM_DATASET)]
+@pytest.mark.parametrize("trainer,option", JOBS)
+def test_teacher_probabilities_pseudo_labels_scores_and_gradient(checked, trainer, option):
+    result = checked[(trainer, PHANTOM_DATASET, option)]
     assert result == "OK", result
 
 
@@ -90,9 +135,11 @@ def test_pseudo_label_check_reads_a_trained_fold_and_leaves_it_alone(trained_mod
     assert true.shape == scores.shape == (4, 2) and np.isfinite(true).all()
     assert [rows["labelled"][f"true Dice {l}"] for l in (1, 2)] == pytest.approx(true.mean(0).tolist())
     assert rows["labelled"]["g MAE"] == pytest.approx(np.abs(scores - true).mean())
-    for row in rows.values():  # w = q^T 1[q >= tau]: a kept pseudo-label weighs between tau^T and 1, a rejected one 0
-        lowest = report["threshold"] ** report["temperature"]
-        assert lowest * row["kept"] - 1e-6 <= row["weight mean"] <= row["kept"] + 1e-6, row
+    tau, power = report["threshold"], report["temperature"]
+    for patches, key in (("labelled", "labelled_g"), ("unlabelled", "unlabelled_g")):  # w = q^T 1[q >= tau] of g's q
+        q = np.array(report[key]).mean(1)
+        assert rows[patches]["kept"] == pytest.approx((q >= tau).mean())
+        assert rows[patches]["weight mean"] == pytest.approx(np.where(q >= tau, q ** power, 0).mean(), abs=1e-6)
     assert "| unlabelled |" in proc.stdout
     after = {p.name: p.stat().st_mtime_ns for p in fold.iterdir()}
     assert after == before, sorted(set(after.items()) ^ set(before.items()))

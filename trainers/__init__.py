@@ -4,9 +4,10 @@ from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerFixMatch, nnU
 from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gFrozen,
                                                    nnUNetTrainerQGSSL_gWeights, nnUNetTrainerQGSSL_lowMemory,
                                                    nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_PLQW_gWeights,
-                                                   nnUNetTrainerQGSSL_QAR)
+                                                   nnUNetTrainerQGSSL_PLQW_withG, nnUNetTrainerQGSSL_QAR)
 from nnunet_qg.trainers.nnUNetTrainerQGSSL_short import (nnUNetTrainerFixMatch_debug, nnUNetTrainerMeanTeacher_debug,
                                                          nnUNetTrainerMTQW_debug, nnUNetTrainerQGSSL_debug, nnUNetTrainerQGSSL_demo,
+                                                         nnUNetTrainerQGSSL_PLQW_demo,
                                                          nnUNetTrainerQGSSL_gFrozen_debug, nnUNetTrainerQGSSL_lowMemory_debug,
                                                          nnUNetTrainerQGSSL_PLQW_debug, nnUNetTrainerQGSSL_QAR_debug)
 from nnunet_qg.trainers.nnUNetTrainerQGSSL import nnUNetTrainerQGWarmup
@@ -21,6 +22,8 @@ from nnunet_qg.trainers.nnUNetTrainer_evidence import (
     nnUNetTrainerQGSSL_PLQW_evidence, nnUNetTrainerQGSSL_PLQW_gWeights_evidence,
     nnUNetTrainerQGSSL_PLQW_gWeightsRefreshCorrupted_evidence, nnUNetTrainerQGSSL_PLQWbatchSize_evidence,
     nnUNetTrainerQGSSL_PLQWema999_evidence, nnUNetTrainerQGSSL_PLQWfg33_evidence, nnUNetTrainerQGSSL_PLQWtau08_evidence,
+    nnUNetTrainerQGSSL_PLQWlean_evidence, nnUNetTrainerQGSSL_PLQWmirrorAverage_evidence,
+    nnUNetTrainerQGSSL_PLQWskipAbsent_evidence, nnUNetTrainerQGSSL_PLQWflipAll_evidence,
     nnUNetTrainerQGSSL_PLQWunlabeled2x_evidence, nnUNetTrainerShuffledPL_evidence, nnUNetTrainerUnweightedPL_evidence,
     nnUNetTrainerUnweightedPL_evidenceTiny)
 from nnunet_qg.trainers.nnUNetTrainer_benchmark import *  # noqa: F401,F403  (the <trainer>_<budget> variants)

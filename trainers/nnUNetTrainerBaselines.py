@@ -27,7 +27,8 @@ class nnUNetTrainerFixMatch(nnUNetTrainerSSL):
                                f"defines regions). Use nnUNetTrainerMeanTeacher.")
         super().initialize()
 
-    def compute_unlabeled_loss(self, output_unlabeled, view_student, view_teacher):
+    def compute_unlabeled_loss(self, output_unlabeled, unlabeled):
+        """CE against the teacher's hard label where its probability (`unlabeled.targets`) is confident."""
         logits = highest_resolution(output_unlabeled)
-        loss, kept = confidence_masked_ce(logits, self.teacher_probabilities(view_teacher), self.confidence_threshold)
+        loss, kept = confidence_masked_ce(logits, unlabeled.targets, self.confidence_threshold)
         return loss, {"ssl_pseudo_label_kept": kept}

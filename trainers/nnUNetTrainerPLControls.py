@@ -21,6 +21,7 @@ from typing import List, Optional
 import torch
 
 from nnunet_qg.benchmark.withheld import withheld_folder
+from nnunet_qg.unlabeled.errors import UnlabeledDataError
 from nnunet_qg.trainers.nnUNetTrainerQGSSL import nnUNetTrainerQGSSL_PLQW_gWeights
 
 
@@ -43,7 +44,7 @@ class WithheldLabels:
         folder = self.preprocessed_unlabeled_folder
         missing = [i for i in identifiers if not isfile(join(folder, i + ".pkl"))]
         if missing:
-            raise RuntimeError(f"{self.__class__.__name__} needs the unlabelled cases with their withheld labels in "
+            raise UnlabeledDataError(f"{self.__class__.__name__} needs the unlabelled cases with their withheld labels in "
                                f"{folder}; {len(missing)} are missing (e.g. {missing[0]}). Run: python -m "
                                f"nnunet_qg.benchmark.withheld -d DATASET -c CONFIGURATION -l LABELS_FOLDER")
         return identifiers

@@ -5,6 +5,8 @@ nnUNetTrainerQGWarmup: during the first `warmup_epochs` the segmentation network
 unlabelled loss) and the quality predictor g trains alongside it with its own optimizer; then g is frozen (or
 refreshed, below). At every validation g is measured on the fold's validation patches, on the network's real
 predictions and on corrupted masks. Its unlabelled loss is nnUNetTrainerSSL's Mean Teacher consistency.
+g exists only where something reads it (`quality_predictor_read`; `train_quality_predictor` = True forces
+it): nnUNetTrainerQGSSL_PLQW, whose score is the mirror agreement, trains none.
 
 nnUNetTrainerQGSSL: that warm-up, then supervised loss + quality-weighted pseudo-labels (PL-QW) +
 quality-aware regularisation (QAR), each with its own linear ramp; g keeps learning from the labelled batch
@@ -16,6 +18,7 @@ subclasses. Ramps are fractions of num_epochs (the paper's are epochs
 of a 200-epoch run), so short schedules keep their shape.
 """
 import itertools
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -24,18 +27,19 @@ from batchgenerators.utilities.file_and_folder_operations import join
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_qg.atomic import atomic_write_json
-from nnunet_qg.mirror_agreement import mirror_agreement
-from nnunet_qg.networks import highest_resolution
+from nnunet_qg.mirror_agreement import (MIRROR_MODES, labels_present, mirror_agreement, mirror_images,
+                                        mirrored_logits)
+from nnunet_qg.networks import batch_probabilities, highest_resolution
 from nnunet_qg.plotting import plot_calibration
 from nnunet_qg.quality.dice import soft_dice_per_label
 from nnunet_qg.quality.metrics import agreement, pooled_agreement_per_label
 from nnunet_qg.quality.network import QUALITY_PREDICTOR_FILE, QualityPredictor, save_quality_predictor
 from nnunet_qg.quality.training import QualityPredictorTrainer, one_hot_foreground
 from nnunet_qg.ramps import linear_rampup, sigmoid_rampup
-from nnunet_qg.ssl_losses import (batch_size_weighted_mean, effective_sample_size, nonfinite_fraction,
-                                  per_sample_dice_ce, qar_loss, quality_weights, softmax_mse_per_sample,
-                                  weighted_mean)
-from nnunet_qg.trainers.nnUNetTrainerSSL import StepValue, nnUNetTrainerSSL
+from nnunet_qg.ssl_losses import (batch_size_weighted_mean, effective_sample_size, neutral_weights,
+                                  nonfinite_fraction, per_sample_dice_ce, qar_loss, quality_weights,
+                                  softmax_mse_per_sample, weighted_mean)
+from nnunet_qg.trainers.nnUNetTrainerSSL import StepValue, UnlabeledBatch, nnUNetTrainerSSL
 
 
 class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
@@ -63,9 +67,13 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         # iterations on the labelled batch, so it follows the network's improving predictions
         self.quality_refresh_every = 0
         self.quality_refresh_real_fraction = 0.5  # share of real predictions in those steps
+        # None: g is built and trained only where something reads it (quality_predictor_read: a loss, or PL-QW's
+        # score); True: always, so that g is saved with the model (quality_predictor.pth, for
+        # nnUNetv2_predict_quality --estimator g); False: never (a trainer whose loss reads g then fails to start)
+        self.train_quality_predictor: Optional[bool] = None
         self._steps_since_warmup = 0
         self._pending_corruptions = None  # this step's corruptions, started before the network's step
-        self.quality = None  # QualityPredictorTrainer, set in initialize()
+        self.quality = None  # QualityPredictorTrainer, set in initialize() where g is trained; else None
         self._quality_val: List[Dict] = []
 
     @property
@@ -73,8 +81,23 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         return max(1, int(round(self.quality_warmup_fraction * self.num_epochs)))
 
     @property
-    def quality_predictor(self) -> QualityPredictor:
-        return self.quality.model
+    def quality_predictor(self) -> Optional[QualityPredictor]:
+        """g (None where this trainer trains none)."""
+        return None if self.quality is None else self.quality.model
+
+    @property
+    def foreground_channels(self) -> List[int]:
+        """The network's output channel of each foreground label."""
+        return [self.label_manager.all_labels.index(l) for l in self.label_manager.foreground_labels]
+
+    def channel_one_hot(self, channels: torch.Tensor) -> torch.Tensor:
+        """A hard prediction as output channel indices (B, 1, ...) -> one-hot of the foreground labels (B, L, ...),
+        the masks g reads and the Dice of pseudo-labels compares."""
+        return one_hot_foreground(channels, self.foreground_channels)
+
+    def quality_predictor_read(self) -> bool:
+        """Whether anything of this trainer reads g. The warm-up trainer exists to train and measure g: yes."""
+        return True
 
     def initialize(self):
         if self.label_manager.has_regions or self.label_manager.has_ignore_label:
@@ -84,7 +107,18 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
                 f"{'regions' if self.label_manager.has_regions else 'an ignore label'}. Train it with "
                 f"nnUNetTrainerSSL or remove them from dataset.json.")
         super().initialize()
-        self.quality = self.new_quality_trainer(self.quality_real_fraction)
+        # the mirror axes (nnU-Net sets them again when it builds its loaders) decide whether PL-QW reads g
+        self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        read = self.quality_predictor_read()
+        if self.train_quality_predictor is False and read:
+            raise RuntimeError(f"{self.__class__.__name__} reads the quality predictor g (QAR or g's PL-QW score), "
+                               f"but train_quality_predictor is False. Set it to None or True.")
+        if self.train_quality_predictor or read:
+            self.quality = self.new_quality_trainer(self.quality_real_fraction)
+        else:
+            self.print_to_log_file("No quality predictor g: nothing of this trainer reads it (set "
+                                   "train_quality_predictor = True, e.g. nnUNetTrainerQGSSL_PLQW_withG, to train "
+                                   "and save it with the model).")
 
     def new_quality_trainer(self, real_fraction: float, seed_offset: int = 0) -> QualityPredictorTrainer:
         """A fresh g for this plan and its trainer, with the trainer's quality_* settings."""
@@ -111,12 +145,14 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
-        if self.current_epoch >= self.warmup_epochs and not self.quality.frozen:
+        if self.quality is not None and self.current_epoch >= self.warmup_epochs and not self.quality.frozen:
             self.quality.freeze()
             self.print_to_log_file(f"Quality predictor frozen after {self.warmup_epochs} warm-up epochs.")
 
     def quality_learns_this_step(self) -> bool:
         """g trains during the warm-up, and afterwards on every `quality_refresh_every`-th step (if > 0)."""
+        if self.quality is None:
+            return False
         return not self.quality.frozen or (self.quality_refresh_every > 0 and
                                            (self._steps_since_warmup + 1) % self.quality_refresh_every == 0)
 
@@ -142,6 +178,8 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         return self.quality.train_step(data, target, logits, self._autocast(), corruptions)
 
     def after_train_step(self, data, target, output_labeled) -> Dict[str, StepValue]:
+        if self.quality is None:
+            return {"qg_train_loss": np.float64(np.nan)}
         target0 = highest_resolution(target)
         learns, corruptions = self.quality_learns_this_step(), self._pending_corruptions
         self._pending_corruptions = None
@@ -160,6 +198,8 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
         self._quality_val = []
 
     def validation_step(self, batch: dict) -> dict:
+        if self.quality is None:
+            return super().validation_step(batch)
         captured = []
         handle = self.network.register_forward_hook(lambda module, inputs, output: captured.append(output))
         try:
@@ -184,6 +224,10 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
 
     def on_validation_epoch_end(self, val_outputs):
         super().on_validation_epoch_end(val_outputs)
+        if self.quality is None:  # every epoch logs every key (nan: not measured)
+            for kind, metric in itertools.product(self.quality_kinds, self.quality_metrics):
+                self.logger.log(f"qg_val_{kind}_{metric}", float("nan"), self.current_epoch)
+            return
         summary = self.quality_summary()  # on DDP: rank 0's validation patches (nnU-Net shards val too)
         for kind in self.quality_kinds:
             for metric in self.quality_metrics:
@@ -228,22 +272,48 @@ class nnUNetTrainerQGWarmup(nnUNetTrainerSSL):
     def on_train_end(self):
         """A g refreshed after the warm-up replaces its warm-up export, so nnUNetv2_predict_quality
         scores with the g that followed the network to the end (a frozen g's export is already final)."""
-        if self.local_rank == 0 and self.quality.frozen and self.quality_refresh_every > 0:
+        g = self.quality
+        if g is not None and self.local_rank == 0 and g.frozen and self.quality_refresh_every > 0:
             save_quality_predictor(self.quality_predictor, join(self.output_folder, QUALITY_PREDICTOR_FILE))
             self.print_to_log_file(f"Quality predictor as refreshed until the end exported to {QUALITY_PREDICTOR_FILE}.")
         super().on_train_end()
-        self.quality.close()  # g's corruption threads
+        if g is not None:
+            g.close()  # g's corruption threads
 
     # ------------------------------------------------------------------ checkpoints
     def ssl_state_dict(self) -> dict:
-        return {**super().ssl_state_dict(), "quality": self.quality.state_dict(),
-                "quality_steps_since_warmup": self._steps_since_warmup}
+        state = {**super().ssl_state_dict(), "quality_steps_since_warmup": self._steps_since_warmup}
+        if self.quality is not None:
+            state["quality"] = self.quality.state_dict()
+        return state
 
     def load_ssl_state_dict(self, state: dict) -> None:
         super().load_ssl_state_dict(state)
-        if "quality" in state:
+        if "quality" in state and self.quality is not None:
             self.quality.load_state_dict(state["quality"])
+        elif self.quality is not None:
+            self.print_to_log_file("The checkpoint holds no quality predictor g: g starts afresh.")
         self._steps_since_warmup = int(state.get("quality_steps_since_warmup", 0))  # refresh steps keep their phase
+
+
+@dataclass
+class PseudoLabels:
+    """What the EMA teacher made of an unlabelled batch before the student's pass (nnUNetTrainerQGSSL.
+    unlabeled_targets): its pseudo-labels and, where PL-QW's score is the mirror agreement, their scores."""
+
+    view: torch.Tensor  # the teacher's view (B, C, ...)
+    logits: torch.Tensor  # the teacher's logits on it (B, K, ...)
+    channels: torch.Tensor  # the hard pseudo-label as output channel indices (B, 1, ...)
+    mask: torch.Tensor  # its one-hot of the foreground labels (B, L, ...), as g reads masks
+    quality: Optional[torch.Tensor] = None  # the mirror agreement (B,); None where g scores the pseudo-labels
+    background_only: Optional[torch.Tensor] = None  # (B,) bool, where such patches get a neutral weight
+    averaged_probabilities: Optional[torch.Tensor] = None  # the mirror-averaged probabilities, where averaged
+
+    def probabilities(self, has_regions: bool = False) -> torch.Tensor:
+        """The teacher's probabilities behind the pseudo-label (mirror-averaged where it was averaged)."""
+        if self.averaged_probabilities is not None:
+            return self.averaged_probabilities
+        return batch_probabilities(self.logits, has_regions)
 
 
 class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
@@ -277,6 +347,18 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         # "g" = g's score (the paper's; g over-rated and barely ranked the teacher's pseudo-labels on the
         # evidence protocol, docs/results.md). Plans without mirror axes fall back to g's score.
         self.pseudo_label_score = "mirror"
+        # the pseudo-label: False = the argmax of the teacher's prediction of the patch; True = the argmax of its
+        # predictions of the patch and of its mirror images averaged (nnU-Net's test-time mirroring, from the
+        # passes the mirror agreement makes anyway)
+        self.pseudo_label_mirror_average = False
+        # the mirror agreement's labels: "agree" = a label absent from the pseudo-label and a mirrored prediction
+        # counts as agreement (Dice 1, METHOD.md's convention, so background-only patches score 1 and weigh most);
+        # "skip" = labels absent from the pseudo-label and every mirrored prediction are left out, and
+        # background-only patches get the batch's mean weight of the others (ssl_losses.neutral_weights)
+        self.mirror_absent_labels = "agree"
+        # the mirror images the agreement compares with: "each" = one per mirror axis (one teacher pass each);
+        # "all_at_once" = one image mirrored along every axis (one teacher pass in all)
+        self.mirror_agreement_images = "each"
         # not the paper's (nnUNetTrainerQGSSL_gFrozen is): after the warm-up g still takes one step
         # every 2nd iteration on the labelled batch, so it follows the network's improving predictions.
         # In the CPU drift runs a frozen g over-rated the network's predictions by about 0.1 as the network
@@ -299,9 +381,15 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
     def unlabeled_weight_at(self, epoch: int) -> float:
         return self.unlabeled_loss_weight if any(w > 0 for w in self.component_weights_at(epoch).values()) else 0.0
 
+    def quality_predictor_read(self) -> bool:
+        """g is read by QAR and by PL-QW where g scores the pseudo-labels."""
+        return self.qar_weight > 0 or (self.plqw_weight > 0 and self.pseudo_labels_scored_by_g())
+
     def on_train_start(self):
         for name, allowed in (("pseudo_label_score", ("mirror", "g")), ("quality_weight_normalisation",
-                                                                          ("batch", "batch_size"))):
+                                                                          ("batch", "batch_size")),
+                              ("mirror_absent_labels", ("agree", "skip")),
+                              ("mirror_agreement_images", MIRROR_MODES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{self.__class__.__name__}.{name} must be one of {allowed}, not "
                                  f"{getattr(self, name)!r}")
@@ -331,20 +419,37 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         self.logger.log("ssl_quality_true_bias", figures["bias"], self.current_epoch)
 
     # ------------------------------------------------------------------ losses
-    def pseudo_labels(self, teacher_probs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The teacher's hard pseudo-label as channel indices (B x 1 x ...) and as the foreground one-hot
-        mask g judges (B x L x ...)."""
-        pseudo = teacher_probs.argmax(1, keepdim=True)
-        return pseudo, self.quality.channel_one_hot(pseudo)
+    def mirror_scored(self) -> bool:
+        """Whether PL-QW's score is the teacher's mirror agreement (computed in unlabeled_targets)."""
+        return self.plqw_weight > 0 and not self.pseudo_labels_scored_by_g()
 
-    def pseudo_label_quality(self, view_teacher: torch.Tensor, pseudo_mask: torch.Tensor,
-                             g_scores: Optional[torch.Tensor]) -> torch.Tensor:
-        """The quality score q (B,) of each pseudo-label that PL-QW weights and logs: g's `g_scores` where
-        pseudo_labels_scored_by_g(), else the teacher's mirror agreement (`g_scores` is None then)."""
-        if self.pseudo_labels_scored_by_g():
-            return g_scores
-        return mirror_agreement(self.teacher_probabilities, view_teacher, pseudo_mask,
-                                self.inference_allowed_mirroring_axes, self.quality.channel_one_hot)
+    def unlabeled_targets(self, view_student: torch.Tensor, view_teacher: torch.Tensor) -> Optional[PseudoLabels]:
+        """The teacher's pseudo-labels of the batch, before the student's pass: ONE teacher call over the teacher
+        view and, where the mirror agreement scores them (or `pseudo_label_mirror_average`), its mirror images
+        along nnU-Net's mirror axes; hard labels from the argmax of the logits. None without PL-QW."""
+        if self.plqw_weight <= 0:
+            return None
+        average = self.pseudo_label_mirror_average and bool(self.inference_allowed_mirroring_axes)
+        axes = self.inference_allowed_mirroring_axes if (self.mirror_scored() or average) else ()
+        flips = mirror_images(axes or (), self.mirror_agreement_images)
+        with torch.no_grad(), self._autocast():  # one call on a GPU (launches), one per image on the CPU (measured)
+            logits, mirrored = mirrored_logits(self.teacher, view_teacher, flips, self.device.type == "cuda")
+        averaged = None
+        if average:
+            has_regions = self.label_manager.has_regions
+            averaged = torch.stack([batch_probabilities(l, has_regions) for l in [logits] + mirrored]).mean(0)
+            channels = averaged.argmax(1, keepdim=True)
+        else:
+            channels = logits.argmax(1, keepdim=True)
+        pseudo = PseudoLabels(view_teacher, logits, channels, self.channel_one_hot(channels),
+                              averaged_probabilities=averaged)
+        if self.mirror_scored():
+            mirrored_masks = [self.channel_one_hot(m.argmax(1, keepdim=True)) for m in mirrored]
+            agree = self.mirror_absent_labels == "agree"
+            pseudo.quality = mirror_agreement(pseudo.mask, mirrored_masks, absent_labels_agree=agree)
+            if not agree:
+                pseudo.background_only = ~labels_present(pseudo.mask, mirrored_masks).any(1)
+        return pseudo
 
     def quality_weight(self, quality: torch.Tensor) -> torch.Tensor:
         return quality_weights(quality, self.quality_temperature, self.quality_threshold)
@@ -378,16 +483,24 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
                 "ssl_pseudo_label_kept": (quality >= self.quality_threshold).float().mean(),
                 "ssl_pseudo_label_quality": quality.mean(), "ssl_quality_nonfinite": nonfinite_fraction(quality)}
 
-    def plqw_loss(self, output_unlabeled, teacher_probs: torch.Tensor, pseudo: torch.Tensor,
-                  quality: torch.Tensor, true_dice: Optional[torch.Tensor] = None
-                  ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """Quality-weighted pseudo-labels: per-sample Dice+CE against the teacher's pseudo-labels
-        `pseudo`, weighted by their quality score `quality` (B,)."""
+    def plqw_weights(self, pseudo: PseudoLabels, quality: torch.Tensor, true_dice: Optional[torch.Tensor]
+                     ) -> torch.Tensor:
+        """The weight of each pseudo-label: pseudo_label_weights of its score, and where the batch marks
+        background-only patches (mirror_absent_labels "skip"), their neutral weight."""
         weights = self.pseudo_label_weights(quality, true_dice)
-        losses = per_sample_dice_ce(output_unlabeled, pseudo, getattr(self.loss, "weight_factors", None))
+        if pseudo.background_only is not None:
+            weights = neutral_weights(weights, pseudo.background_only)
+        return weights
+
+    def plqw_loss(self, output_unlabeled, pseudo: PseudoLabels, quality: torch.Tensor,
+                  true_dice: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Quality-weighted pseudo-labels: per-sample Dice+CE against the teacher's pseudo-labels,
+        weighted by their quality score `quality` (B,)."""
+        weights = self.plqw_weights(pseudo, quality, true_dice)
+        losses = per_sample_dice_ce(output_unlabeled, pseudo.channels, getattr(self.loss, "weight_factors", None))
         return self.weighted_pseudo_label_loss(losses, weights), self.pseudo_label_stats(quality, weights, true_dice)
 
-    def compute_unlabeled_loss(self, output_unlabeled, view_student, view_teacher):
+    def compute_unlabeled_loss(self, output_unlabeled, unlabeled: UnlabeledBatch):
         """PL-QW and QAR. Where g scores the pseudo-labels too, ONE pass of g over both of their (image, mask)
         pairs: g normalises each sample on its own and runs in eval mode, so this equals two passes, with half
         the kernel launches (a step at small patches is bound by launches, not arithmetic). g is frozen: QAR's
@@ -396,27 +509,25 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         total, extras = torch.zeros((), device=self.device), {}
         if not (use_plqw or use_qar):
             return total, extras
+        pseudo: PseudoLabels = unlabeled.targets
         g_scores_pseudo_labels = use_plqw and self.pseudo_labels_scored_by_g()
         images, masks = [], []
-        if use_plqw:
-            teacher_probs = self.teacher_probabilities(view_teacher)
-            pseudo, pseudo_mask = self.pseudo_labels(teacher_probs)
-            if g_scores_pseudo_labels:
-                images.append(view_teacher)
-                masks.append(pseudo_mask)
+        if g_scores_pseudo_labels:
+            images.append(pseudo.view)
+            masks.append(pseudo.mask)
         if use_qar:  # 1 - g(x, softmax(f(x))) on the student's own view
-            images.append(view_student)
+            images.append(unlabeled.view_student)
             masks.append(self.quality.foreground_softmax(highest_resolution(output_unlabeled)))
         quality = ()
         if images:
             with torch.set_grad_enabled(use_qar and torch.is_grad_enabled()):
-                quality = self.quality_predictor(torch.cat(images), torch.cat(masks)).split(view_student.shape[0])
+                quality = self.quality_predictor(torch.cat(images), torch.cat(masks)).split(
+                    unlabeled.view_student.shape[0])
         if use_plqw:
             with torch.no_grad():
-                true_dice = self.pseudo_label_true_dice(pseudo_mask)
-            g_scores = quality[0].detach().float().mean(1) if g_scores_pseudo_labels else None
-            scores = self.pseudo_label_quality(view_teacher, pseudo_mask, g_scores)
-            loss, info = self.plqw_loss(output_unlabeled, teacher_probs, pseudo, scores, true_dice)
+                true_dice = self.pseudo_label_true_dice(pseudo.mask)
+            scores = quality[0].detach().float().mean(1) if g_scores_pseudo_labels else pseudo.quality
+            loss, info = self.plqw_loss(output_unlabeled, pseudo, scores, true_dice)
             total = total + self._weights["plqw"] * loss
             extras.update(info, ssl_loss_plqw=loss.detach())
         if use_qar:
@@ -449,6 +560,16 @@ class nnUNetTrainerQGSSL_PLQW(nnUNetTrainerQGSSL):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.qar_weight = 0.0
+
+
+class nnUNetTrainerQGSSL_PLQW_withG(nnUNetTrainerQGSSL_PLQW):
+    """nnUNetTrainerQGSSL_PLQW that also trains g (warm-up, refresh) and saves it with the model
+    (quality_predictor.pth, for nnUNetv2_predict_quality --estimator g); the student trains the same."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.train_quality_predictor = True
 
 
 class nnUNetTrainerQGSSL_gWeights(nnUNetTrainerQGSSL):
@@ -506,8 +627,9 @@ class nnUNetTrainerMTQW(nnUNetTrainerQGSSL_gWeights):
         self.qar_weight = 0.0
         self.plqw_weight = 1.0  # the consistency term takes PL-QW's place and schedule
 
-    def plqw_loss(self, output_unlabeled, teacher_probs, pseudo, quality, true_dice=None):
+    def plqw_loss(self, output_unlabeled, pseudo: PseudoLabels, quality, true_dice=None):
         """Per-sample softmax MSE to the teacher (its target and g's weights from one teacher pass)."""
-        weights = self.pseudo_label_weights(quality, true_dice)
-        losses = softmax_mse_per_sample(highest_resolution(output_unlabeled), teacher_probs)
+        weights = self.plqw_weights(pseudo, quality, true_dice)
+        losses = softmax_mse_per_sample(highest_resolution(output_unlabeled),
+                                        pseudo.probabilities(self.label_manager.has_regions))
         return self.weighted_pseudo_label_loss(losses, weights), self.pseudo_label_stats(quality, weights, true_dice)

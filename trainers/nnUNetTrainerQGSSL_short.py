@@ -49,8 +49,9 @@ class nnUNetTrainerFixMatch_debug(ShortSchedule, nnUNetTrainerFixMatch):
     short_num_epochs = 4
 
 
-class nnUNetTrainerQGSSL_demo(ShortSchedule, nnUNetTrainerQGSSL):
-    """The CPU demo: 16 epochs x 12 iterations; warm-up 4 epochs, PL-QW from epoch 4, QAR from epoch 6."""
+class DemoSchedule(ShortSchedule):
+    """The CPU demo: 16 epochs x 12 iterations; warm-up 4 epochs, PL-QW from epoch 4, QAR (where on) from epoch 6;
+    the shipped tau."""
 
     short_num_epochs = 16
     short_iterations_per_epoch = 12
@@ -58,3 +59,11 @@ class nnUNetTrainerQGSSL_demo(ShortSchedule, nnUNetTrainerQGSSL):
     short_save_every = 5
     short_overrides = {"quality_warmup_fraction": 0.25, "plqw_start_fraction": 0.25, "plqw_ramp_fraction": 0.25,
                        "qar_start_fraction": 0.375, "qar_ramp_fraction": 0.25}
+
+
+class nnUNetTrainerQGSSL_demo(DemoSchedule, nnUNetTrainerQGSSL):
+    """The demo schedule of nnUNetTrainerQGSSL (PL-QW + QAR)."""
+
+
+class nnUNetTrainerQGSSL_PLQW_demo(DemoSchedule, nnUNetTrainerQGSSL_PLQW):
+    """The CPU demo's trainer: the demo schedule of nnUNetTrainerQGSSL_PLQW (the README's trainer)."""

@@ -2,14 +2,15 @@
 
 Each unlabelled patch comes as two spatially aligned views (see nnunet_qg.unlabeled.two_views):
 the student sees the fully augmented one, the EMA teacher the one without intensity augmentation.
-The unlabelled loss here is Mean Teacher consistency (softmax MSE between student and teacher);
-subclasses replace `compute_unlabeled_loss`. Hyperparameters are attributes set in __init__,
+The teacher's part of a step (`unlabeled_targets`) runs before the student's pass, the unlabelled loss
+(`compute_unlabeled_loss`) after it. Here that is Mean Teacher consistency (softmax MSE between student and
+teacher); subclasses replace the two. Hyperparameters are attributes set in __init__,
 variants are small subclasses, as in nnU-Net.
 """
 import glob
 import os
 from contextlib import nullcontext
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from nnunet_qg.plotting import plot_progress_panels
 from nnunet_qg.quality.metrics import finite_mean
 from nnunet_qg.ramps import sigmoid_rampup
 from nnunet_qg.trainers.checkpoint_extras import CheckpointExtras
+from nnunet_qg.unlabeled.errors import UnlabeledDataError
 from nnunet_qg.unlabeled.data_loader import (make_augmenter, nnUNetUnlabeledDataLoader,
                                              nnUNetUnlabeledDatasetBlosc2, shard_for_rank, unlabeled_workers,
                                              worker_seeds)
@@ -43,6 +45,16 @@ SSL_STATE_KEY = "ssl_state"
 
 # a value logged from a training step: a number, or a 0-d tensor left on the device until the step ends
 StepValue = Union[float, torch.Tensor]
+
+
+class UnlabeledBatch(NamedTuple):
+    """One unlabelled batch inside a training step: the student's view, the teacher's view, and what the
+    teacher made of it before the student's pass (`unlabeled_targets`: e.g. Mean Teacher's probabilities,
+    QG-SSL's pseudo-labels and their scores)."""
+
+    view_student: torch.Tensor
+    view_teacher: torch.Tensor
+    targets: Any
 
 
 def to_host(values: Dict[str, StepValue]) -> Dict[str, np.float64]:
@@ -178,8 +190,13 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
     def on_train_start(self):
         if not self.was_initialized:
             self.initialize()
-        # fail on bad unlabelled data before any worker starts
-        self.unlabeled_identifiers = self.check_unlabeled_data()
+        # fail on bad unlabelled data before any worker starts: one line (the message names the command to
+        # run), not a traceback through nnU-Net's run_training
+        try:
+            self.unlabeled_identifiers = self.check_unlabeled_data()
+        except UnlabeledDataError as error:
+            self.print_to_log_file(f"ERROR: {error}")
+            raise SystemExit(f"ERROR: {error}") from None
         super().on_train_start()
         if self.local_rank == 0:  # a run killed while saving leaves only a temporary file behind
             for stale in glob.glob(join(self.output_folder, "checkpoint_*.pth.tmp-*")):
@@ -219,16 +236,16 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
             try:
                 data = torch.randn((self.batch_size, *shape), device=self.device)
                 view = torch.randn(((self.unlabeled_batch_size or self.batch_size), *shape), device=self.device)
+                targets = self.unlabeled_targets(view, view)  # held through the student's pass, as in a step
                 with self.network.no_sync() if self.is_ddp else nullcontext():
                     with self._autocast():
                         output = self.network(torch.cat((data, view)))
-                        self.teacher_probabilities(view)
                         outputs = output if isinstance(output, (list, tuple)) else [output]
                         loss = sum(o.float().mean() for o in outputs)
                     loss.backward()
             except torch.OutOfMemoryError:
                 ran = False
-        data = view = output = outputs = loss = None  # outside the except block: the trial's tensors are freed
+        data = view = targets = output = outputs = loss = None  # outside the except block: the trial's tensors are freed
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             for name, value in self.network.named_buffers():
@@ -266,15 +283,26 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
         with torch.no_grad():
             return batch_probabilities(self.teacher(view_teacher), self.label_manager.has_regions)
 
-    def compute_unlabeled_loss(self, output_unlabeled, view_student: torch.Tensor, view_teacher: torch.Tensor
+    def unlabeled_targets(self, view_student: torch.Tensor, view_teacher: torch.Tensor) -> Any:
+        """The teacher's part of a step, run before the student's pass (no gradient; its activations are freed
+        before the student's are made): here the teacher's probabilities on its view."""
+        with self._autocast():
+            return self.teacher_probabilities(view_teacher)
+
+    def compute_unlabeled_loss(self, output_unlabeled, unlabeled: UnlabeledBatch
                                ) -> Tuple[torch.Tensor, Dict[str, StepValue]]:
         """Mean Teacher consistency: softmax MSE between student (strong view) and teacher (weak view).
 
-        `output_unlabeled` is the student's output on the student view (a list with deep supervision).
+        `output_unlabeled` is the student's output on the student view (a list with deep supervision);
+        `unlabeled.targets` is what `unlabeled_targets` returned.
         """
         logits = highest_resolution(output_unlabeled)
         student_probs = batch_probabilities(logits, self.label_manager.has_regions)
-        return F.mse_loss(student_probs, self.teacher_probabilities(view_teacher)), {}
+        return F.mse_loss(student_probs, unlabeled.targets), {}
+
+    def unlabeled_batch(self, view_student: torch.Tensor, view_teacher: torch.Tensor) -> UnlabeledBatch:
+        """The two views with the teacher's targets."""
+        return UnlabeledBatch(view_student, view_teacher, self.unlabeled_targets(view_student, view_teacher))
 
     def before_train_step(self, batch: dict) -> None:
         """Hook with the loader's batch, still on the CPU, before the network's step (subclasses start
@@ -291,15 +319,16 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
         # while the unlabelled loss weight is 0 (ramp or warm-up) no unlabelled batch is drawn
-        views, self._unlabeled_target = None, None
+        unlabeled, self._unlabeled_target = None, None
         if self._current_unlabeled_weight > 0:
             batch_u = next(self.dataloader_unlabeled)
-            views = split_views(batch_u["data"].to(self.device, non_blocking=True), data.shape[1])
             if self.unlabeled_keeps_segmentation:
                 self._unlabeled_target = batch_u["target"].to(self.device, non_blocking=True)
+            unlabeled = self.unlabeled_batch(*split_views(batch_u["data"].to(self.device, non_blocking=True),
+                                                          data.shape[1]))
 
         self.optimizer.zero_grad(set_to_none=True)
-        loss, loss_sup, loss_u, output_l, extras = self.forward_backward(data, target, views)
+        loss, loss_sup, loss_u, output_l, extras = self.forward_backward(data, target, unlabeled)
         if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
@@ -320,10 +349,10 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
     def _backward(self, loss: torch.Tensor) -> None:
         (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
 
-    def forward_backward(self, data: torch.Tensor, target, views: Optional[Tuple[torch.Tensor, torch.Tensor]]):
+    def forward_backward(self, data: torch.Tensor, target, unlabeled: Optional[UnlabeledBatch]):
         """The student's forward and backward passes of one step; gradients are left in the parameters.
 
-        views: (student view, teacher view) of the unlabelled patches, or None while their loss is off.
+        unlabeled: the unlabelled batch (views and the teacher's targets), or None while its loss is off.
         Returns (loss, supervised loss, unlabelled loss, labelled output, values to log). Joint (default):
         one pass over labelled + unlabelled patches. Separate (`unlabeled_separate_backward`): the
         labelled pass is backpropagated before the unlabelled pass runs, so only one batch of
@@ -331,7 +360,7 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
         A joint pass that runs out of GPU memory switches the run to separate passes (not under DDP,
         where every rank must take the same path: there choose_backward_mode decides at the start).
         """
-        if views is None:
+        if unlabeled is None:
             with self._autocast():
                 output_l = self.network(data)
                 loss_sup = self.loss(output_l, target)
@@ -339,7 +368,7 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
             return loss_sup, loss_sup, torch.zeros((), device=self.device), output_l, {}
         if not self.unlabeled_separate_backward:
             try:
-                return self._joint_pass(data, target, *views)
+                return self._joint_pass(data, target, unlabeled)
             except torch.OutOfMemoryError:
                 if self.is_ddp:
                     raise
@@ -351,20 +380,20 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
             self.print_to_log_file("Out of GPU memory in the joint labelled + unlabelled pass: from now on the "
                                    "two passes run one after the other (unlabeled_separate_backward = True, "
                                    "the same gradients with about half the activation memory)")
-        return self._separate_passes(data, target, *views)
+        return self._separate_passes(data, target, unlabeled)
 
-    def _joint_pass(self, data, target, view_student, view_teacher):
+    def _joint_pass(self, data, target, unlabeled: UnlabeledBatch):
         n = data.shape[0]
         with self._autocast():
-            output = self.network(torch.cat((data, view_student)))
+            output = self.network(torch.cat((data, unlabeled.view_student)))
             output_l, output_u = split_batch(output, n), split_batch(output, n, second=True)
             loss_sup = self.loss(output_l, target)
-            loss_u, extras = self.compute_unlabeled_loss(output_u, view_student, view_teacher)
+            loss_u, extras = self.compute_unlabeled_loss(output_u, unlabeled)
             loss = loss_sup + self._current_unlabeled_weight * loss_u
         self._backward(loss)
         return loss, loss_sup, loss_u, output_l, extras
 
-    def _separate_passes(self, data, target, view_student, view_teacher):
+    def _separate_passes(self, data, target, unlabeled: UnlabeledBatch):
         # under DDP the first backward must not all-reduce (the second one does)
         with self.network.no_sync() if self.is_ddp else nullcontext():
             with self._autocast():
@@ -372,8 +401,8 @@ class nnUNetTrainerSSL(CheckpointExtras, nnUNetTrainer):
                 loss_sup = self.loss(output_l, target)
             self._backward(loss_sup)
         with self._autocast():
-            output_u = self.network(view_student)
-            loss_u, extras = self.compute_unlabeled_loss(output_u, view_student, view_teacher)
+            output_u = self.network(unlabeled.view_student)
+            loss_u, extras = self.compute_unlabeled_loss(output_u, unlabeled)
             weighted = self._current_unlabeled_weight * loss_u
             if self.is_ddp or not weighted.requires_grad:
                 # every output in the graph: DDP's all-reduce waits for a gradient of every parameter,

@@ -112,6 +112,43 @@ class nnUNetTrainerQGSSL_PLQWfg33_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
         self.unlabeled_oversample_foreground_percent = 0.33
 
 
+class nnUNetTrainerQGSSL_PLQWlean_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
+    """pl_mirror_lean: PL-QW as shipped after the lean step (issue #33: no g, the mirror passes in one teacher call
+    before the student's pass, argmax of the logits), the same class as pl_mirror under a name of its own, so its
+    runs pair with the ledger's pl_mirror runs (trained before the change)."""
+
+
+class nnUNetTrainerQGSSL_PLQWmirrorAverage_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
+    """pl_mirror_average: PL-QW as shipped with the pseudo-label taken from the teacher's predictions of the patch
+    and its mirror images averaged (pseudo_label_mirror_average; default: the plain prediction's argmax)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.pseudo_label_mirror_average = True
+
+
+class nnUNetTrainerQGSSL_PLQWskipAbsent_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
+    """pl_mirror_skip_absent: PL-QW as shipped, its mirror agreement over the labels found in the pseudo-label or a
+    mirrored prediction only, background-only patches at the batch's mean weight (mirror_absent_labels "skip";
+    default "agree": absent labels agree, so background-only patches score 1 and weigh most)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mirror_absent_labels = "skip"
+
+
+class nnUNetTrainerQGSSL_PLQWflipAll_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
+    """pl_mirror_flip_all: PL-QW as shipped, its mirror agreement against one mirror image flipped along every axis
+    at once (mirror_agreement_images "all_at_once": one teacher pass instead of one per axis)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mirror_agreement_images = "all_at_once"
+
+
 class nnUNetTrainerQGSSL_PLQW_gWeightsRefreshCorrupted_evidence(nnUNetTrainerQGSSL_PLQW_gWeights_evidence):
     """pl_qw_refresh_corrupted: the paper's PL-QW whose g is refreshed after the warm-up on corrupted masks only
     (ours: half the network's own predictions of the labelled patches, which it has fitted: issue #20, item 5)."""

@@ -9,7 +9,7 @@ from scipy import stats
 from nnunet_qg.benchmark.profiles import ARMS, LOWER_BOUND
 from nnunet_qg.plotting import plt, save_figure
 
-REFERENCES = {"minus_supervised": LOWER_BOUND, "minus_unweighted": "unweighted_pl"}
+REFERENCES = {"minus_supervised": LOWER_BOUND, "minus_unweighted": "unweighted_pl", "minus_pl_mirror": "pl_mirror"}
 
 
 def mean_with_interval(differences: List[float]) -> Dict[str, object]:
@@ -56,11 +56,11 @@ def paired_table(summary: dict) -> str:
             return ""
         ci = "" if d["ci95"] is None else f" [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]"
         return f"{d['mean']:+.4f}{ci} (n={d['n']})"
-    lines = ["| arm | seeds | test Dice | minus supervised (95 % CI) | minus unweighted PL (95 % CI) |",
-             "|---|---|---|---|---|"]
+    lines = ["| arm | seeds | test Dice | " + " | ".join(f"minus {reference} (95 % CI)" for reference in
+                                                        REFERENCES.values()) + " |", "|---|---|---|" + "---|" * len(REFERENCES)]
     for arm, e in summary["arms"].items():
         lines.append(f"| {arm} | {len(e['seeds'])} | {np.mean(e['test_dice']):.4f} | "
-                     f"{cell(e.get('minus_supervised'))} | {cell(e.get('minus_unweighted'))} |")
+                     + " | ".join(cell(e.get(key)) for key in REFERENCES) + " |")
     return "\n".join(lines)
 
 
@@ -105,10 +105,11 @@ def diagnostics_table(figures: Dict[str, Dict[str, Optional[float]]]) -> str:
 
 
 def plot_paired(summary: dict, filename: str, title: str) -> None:
-    """Two panels (minus supervised, minus unweighted PL): each arm's paired differences (dots) and mean
-    with its 95 % interval (bar)."""
+    """One panel per reference (minus supervised, minus unweighted PL, minus pl_mirror): each arm's paired
+    differences (dots) and mean with its 95 % interval (bar)."""
     with plt.style.context("default"):
-        fig, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(summary["arms"]) + 2), sharey=True)
+        fig, axes = plt.subplots(1, len(REFERENCES), figsize=(5.5 * len(REFERENCES), 0.5 * len(summary["arms"]) + 2),
+                                 sharey=True)
         names = list(summary["arms"])
         for ax, (key, reference) in zip(axes, REFERENCES.items()):
             for y, arm in enumerate(names):

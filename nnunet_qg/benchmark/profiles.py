@@ -25,11 +25,26 @@ ARMS: Dict[str, str] = {
     "pl_mirror_tau08": "nnUNetTrainerQGSSL_PLQWtau08",  # pl_mirror with tau = 0.8
     "pl_mirror_fg33": "nnUNetTrainerQGSSL_PLQWfg33",  # pl_mirror, a third of the unlabelled patches on likely fg
     "pl_qw_refresh_corrupted": "nnUNetTrainerQGSSL_PLQW_gWeightsRefreshCorrupted",  # g refreshed on corrupted only
+    "pl_mirror_lean": "nnUNetTrainerQGSSL_PLQWlean",  # pl_mirror re-run after the lean step (#33), paired with it
+    "pl_mirror_average": "nnUNetTrainerQGSSL_PLQWmirrorAverage",  # pseudo-label from the mirror-averaged prediction
+    "pl_mirror_skip_absent": "nnUNetTrainerQGSSL_PLQWskipAbsent",  # absent labels skipped, empty patches neutral
+    "pl_mirror_flip_all": "nnUNetTrainerQGSSL_PLQWflipAll",  # agreement with one image mirrored along every axis
+    # offline self-training (nnUNetv2_qg_self_train): the first model and the retraining are both this trainer
+    "offline_pl": "nnUNetTrainer",  # every unlabelled case's prediction kept as its pseudo-label
+    "offline_pl_gated": "nnUNetTrainer",  # the half with the best predicted Dice (nnUNetv2_predict_quality) kept
 }
+# the offline arms' nnUNetv2_qg_self_train options (keep every case, or a fraction fixed before any run: never chosen
+# on test labels)
+OFFLINE_ARMS: Dict[str, Dict[str, float]] = {"offline_pl": {}, "offline_pl_gated": {"keep_fraction": 0.5}}
+# the pseudo-labelled dataset of an offline run: base dataset id + OFFLINE_ID_OFFSET + 10 * (offline arm index) + seed
+OFFLINE_ID_OFFSET = 20
 # the evidence budget only
 CONTROL_ARMS = ("unweighted_pl", "oracle_pl", "shuffled_pl", "pl_mirror_batch_size", "pl_mirror_ema999",
-                "pl_mirror_unlabeled2x", "pl_mirror_tau08", "pl_mirror_fg33", "pl_qw_refresh_corrupted")
-STANDARD_ARMS = tuple(a for a in ARMS if a not in CONTROL_ARMS)  # every budget of nnUNetTrainer_benchmark
+                "pl_mirror_unlabeled2x", "pl_mirror_tau08", "pl_mirror_fg33", "pl_qw_refresh_corrupted",
+                "pl_mirror_lean", "pl_mirror_average", "pl_mirror_skip_absent", "pl_mirror_flip_all")
+# the default arms of the budget profiles (every budget of nnUNetTrainer_benchmark); the offline arms run where asked
+# (--arms, the evidence profile): each trains two models
+STANDARD_ARMS = tuple(a for a in ARMS if a not in CONTROL_ARMS and a not in OFFLINE_ARMS)
 LOWER_BOUND, UPPER_BOUND = "supervised", "full_supervision"
 # 2D sources have no split file of their own: the benchmark writes one (seeded) with these sizes
 GENERATED_SPLITS = {"ph2": {"num_test": 50, "labelled_sets": {"20labelled": 20}, "seed": 0}}
@@ -38,10 +53,12 @@ SUPERVISED_ARMS = (LOWER_BOUND, UPPER_BOUND)
 # decide the claim (6 runs), then the others (3 runs; docs/benchmarks.md)
 EVIDENCE_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_qw", "oracle_pl", "pl_mirror", "qg_ssl", "shuffled_pl",
                  "mean_teacher", "pl_mirror_batch_size", "pl_mirror_ema999", "pl_mirror_unlabeled2x",
-                 "pl_mirror_tau08", "pl_mirror_fg33", "pl_qw_refresh_corrupted")
+                 "pl_mirror_tau08", "pl_mirror_fg33", "pl_qw_refresh_corrupted", "pl_mirror_lean", "pl_mirror_average",
+                 "pl_mirror_skip_absent", "pl_mirror_flip_all", "offline_pl", "offline_pl_gated")
 EVIDENCE_FEWER_RUNS = {UPPER_BOUND: 3, "qg_ssl": 3, "shuffled_pl": 3, "mean_teacher": 3, "pl_mirror_batch_size": 3,
                        "pl_mirror_ema999": 3, "pl_mirror_unlabeled2x": 3, "pl_mirror_tau08": 3, "pl_mirror_fg33": 3,
-                       "pl_qw_refresh_corrupted": 3}
+                       "pl_qw_refresh_corrupted": 3, "pl_mirror_lean": 3, "pl_mirror_average": 3,
+                       "pl_mirror_skip_absent": 3, "pl_mirror_flip_all": 3, "offline_pl": 3, "offline_pl_gated": 3}
 
 
 @dataclass(frozen=True)

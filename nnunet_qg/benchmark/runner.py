@@ -14,7 +14,7 @@ import torch
 
 from nnunet_qg import pipeline
 from nnunet_qg.atomic import atomic_write_json
-from nnunet_qg.benchmark.profiles import UPPER_BOUND, Profile
+from nnunet_qg.benchmark.profiles import OFFLINE_ARMS, OFFLINE_ID_OFFSET, UPPER_BOUND, Profile
 from nnunet_qg.trainers.seeded_training import SEED_ENV
 
 CONVERTERS = {"msd": "nnUNetv2_convert_MSD_ssl", "ph2": "nnUNetv2_convert_PH2_ssl"}
@@ -156,6 +156,42 @@ def run_name(profile: Profile, repeat: int) -> str:
     return f"r{repeat if seed is None else seed}"
 
 
+def offline_target_id(job: Job, profile: Profile) -> int:
+    """The dataset id of an offline arm's pseudo-labelled dataset (profiles.OFFLINE_ID_OFFSET)."""
+    run = profile.seed_of(job.repeat)
+    target = job.dataset_id + OFFLINE_ID_OFFSET + 10 * list(OFFLINE_ARMS).index(job.arm) + \
+        (job.repeat if run is None else run)
+    if target > 999 or (run if run is not None else job.repeat) > 9:
+        raise ValueError(f"{job.arm}, run {job.repeat}: its dataset id {target} is out of nnU-Net's range or the next "
+                         f"arm's; use a lower --base-id or seeds 0-9")
+    return target
+
+
+def self_train_arm(job: Job, trainer: str, profile: Profile, env: Dict[str, str], work: str, tag: str,
+                   resume: bool) -> dict:
+    """An offline arm: nnUNetv2_qg_self_train (one round) from the labelled dataset to a pseudo-labelled one,
+    every model with `trainer` (the first model is the supervised arm's of the same seed: kept where that arm
+    trained it). Without `resume` an earlier run's work and datasets are removed first."""
+    target = offline_target_id(job, profile)
+    out = join(work, "self_training", tag)
+    if not resume:
+        shutil.rmtree(out, ignore_errors=True)
+        for folder in (env["nnUNet_raw"], env["nnUNet_preprocessed"], env["nnUNet_results"]):
+            for name in os.listdir(folder) if os.path.isdir(folder) else []:
+                if name.startswith(f"Dataset{target:03d}_"):
+                    shutil.rmtree(join(folder, name))
+    options = OFFLINE_ARMS[job.arm]
+    cmd = ["nnUNetv2_qg_self_train", "-d", str(job.dataset_id), "-c", profile.configuration, "-f", profile.fold,
+           "-t", str(target), "-o", out, "-tr", trainer, "-device", profile.device,
+           "-np", str(profile.preprocess_processes)]
+    cmd += ["--keep-fraction", str(options["keep_fraction"])] if "keep_fraction" in options else []
+    seconds = pipeline.run_logged(cmd, env, join(work, "logs", f"self_train_{tag}.log"))
+    with open(join(out, "self_training.json")) as f:
+        state = json.load(f)
+    return {"target": target, "train_wall_s": seconds, "offline": {
+        "stage_seconds": state.get("stage_seconds", {}), **state["rounds"]["1"]}}
+
+
 def run_job(job: Job, profile: Profile, env: Dict[str, str], work: str, resume: bool = False) -> dict:
     """Train one arm, predict the held-out test cases with the last checkpoint, evaluate them."""
     trainer = profile.trainer(job.arm)
@@ -168,14 +204,22 @@ def run_job(job: Job, profile: Profile, env: Dict[str, str], work: str, resume: 
     tag = f"{job.fraction}_{run}_{job.arm}"
     logs = join(work, "logs")
     raw = pipeline.raw_dataset_folder(env, job.dataset_id)
-    fold = pipeline.model_folder(env, job.dataset_id, trainer, profile.configuration, profile.fold)
+    model_dataset = job.dataset_id
+    row = {"arm": job.arm, "trainer": trainer, "fraction": job.fraction, "repeat": job.repeat,
+           "dataset_id": job.dataset_id, "seed": seed}
+    if job.arm in OFFLINE_ARMS:
+        training = self_train_arm(job, trainer, profile, env, work, tag, resume)
+        model_dataset = training["target"]
+        row.update(offline=training["offline"], resumed=None)
+    else:
+        fold = pipeline.model_folder(env, job.dataset_id, trainer, profile.configuration, profile.fold)
+        training = train_arm(job, trainer, profile, env, fold, join(logs, f"train_{tag}.log"), resume)
+        row["resumed"] = training["resumed"]
+    fold = pipeline.model_folder(env, model_dataset, trainer, profile.configuration, profile.fold)
     predictions = join(work, "predictions", tag)
     shutil.rmtree(predictions, ignore_errors=True)
-    row = {"arm": job.arm, "trainer": trainer, "fraction": job.fraction, "repeat": job.repeat,
-           "dataset_id": job.dataset_id, "model_folder": fold, "seed": seed}
-    training = train_arm(job, trainer, profile, env, fold, join(logs, f"train_{tag}.log"), resume)
-    row["train_wall_s"], row["resumed"] = training["train_wall_s"], training["resumed"]
-    row["predict_wall_s"] = pipeline.predict(job.dataset_id, profile.configuration, profile.fold, trainer, join(raw, "imagesTs"),
+    row["model_folder"], row["train_wall_s"] = fold, training["train_wall_s"]
+    row["predict_wall_s"] = pipeline.predict(model_dataset, profile.configuration, profile.fold, trainer, join(raw, "imagesTs"),
                                              predictions, env, join(logs, f"predict_{tag}.log"), device=profile.device,
                                              tta=profile.tta, num_processes=max(1, profile.n_proc_DA))
     summary = pipeline.evaluate(join(raw, "labelsTs"), predictions, env, join(logs, f"evaluate_{tag}.log"),

@@ -36,7 +36,8 @@ def load_fold_predictors(model_folder: str, folds: Sequence, device: torch.devic
         if not isfile(path):
             raise QualityControlError(
                 f"{path} not found. Quality control needs a model trained with a quality predictor "
-                f"(nnUNetTrainerQGSSL or another nnUNetTrainerQGWarmup subclass) whose warm-up has ended; "
+                f"(nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_PLQW_withG or another trainer that trains g; "
+                f"nnUNetTrainerQGSSL_PLQW trains none) whose warm-up has ended; "
                 f"check -tr/-p/-c/-f, or export g with save_quality_predictor.")
         models.append(load_quality_predictor(path, device))
     return models

@@ -49,10 +49,14 @@ def find_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict) -> Dict[st
         if set(files) != expected and not (one_file_holds_channels and set(files) == {0}):
             found = ", ".join(f"_{c:04d}" for c in sorted(files))
             want = ", ".join(f"_{c:04d}" for c in sorted(expected))
+            missing = [join(folder, f"{case}_{c:04d}{ending}") for c in sorted(expected - set(files))]
+            extra = [files[c] for c in sorted(set(files) - expected)]
+            fix = "; ".join(part for part in (
+                f"provide {', '.join(missing)}" if missing else "",
+                f"remove or rename {', '.join(extra)}" if extra else "") if part)
             raise UnlabeledDataError(
-                f"Wrong number of channels for unlabelled case '{case}' in {folder}: found {found}, "
-                f"but dataset.json declares {num_channels} channel(s) ({want}). Provide exactly these files "
-                f"for the case (e.g. {files[min(files)]}).")
+                f"Wrong channels for unlabelled case '{case}' in {folder}: found {found}, but dataset.json "
+                f"declares {num_channels} channel(s) ({want}). To fix it, {fix}.")
     return {case: [files[c] for c in sorted(files)] for case, files in channels.items()}
 
 
