@@ -142,6 +142,14 @@ class SelfTraining:
     def check_inputs(self) -> None:
         """Everything that can be refused before any work: cascades, no unlabelled images, no plans, a taken
         dataset id, an -o of another recipe."""
+        if isfile(self.state_file):
+            with open(self.state_file) as f:
+                earlier = json.load(f)
+            if earlier["recipe"] != self.recipe:
+                raise SelfTrainingError(
+                    f"{self.args.o} holds a self-training run with other settings ({earlier['recipe']}). Give "
+                    f"another -o, or the same settings to continue it.")
+            self.state = earlier
         if self.args.c.endswith("cascade_fullres"):
             raise SelfTrainingError(f"-c {self.args.c}: cascades need a previous stage for every case; use 2d, "
                                     f"3d_fullres or 3d_lowres.")
@@ -163,14 +171,6 @@ class SelfTraining:
                 raise SelfTrainingError(
                     f"Dataset id {target} (round {r}) is taken: {', '.join(self.taken(target))}. Choose another "
                     f"-t (rounds use -t, -t + 1, ...), or delete that dataset.")
-        if isfile(self.state_file):
-            with open(self.state_file) as f:
-                earlier = json.load(f)
-            if earlier["recipe"] != self.recipe:
-                raise SelfTrainingError(
-                    f"{self.args.o} holds a self-training run with other settings ({earlier['recipe']}). Give "
-                    f"another -o, or the same settings to continue it.")
-            self.state = earlier
 
     def target_id(self, round_: int) -> int:
         return self.args.t + round_ - 1
@@ -196,13 +196,12 @@ class SelfTraining:
     def run(self) -> dict:
         self.check_inputs()
         os.makedirs(self.log_dir, exist_ok=True)
-        started = time.time()
         model_dataset = self.source_id
         self.stage(0, "train the first model", lambda: self.train(self.source_id), f"{self.source} fold {self.args.f}")
         for r in range(1, self.args.rounds + 1):
             self.round(r, model_dataset)
             model_dataset = self.target_id(r)
-        self.state["seconds"] = time.time() - started
+        self.state["seconds"] = sum(t for stages in self.state.get("stage_seconds", {}).values() for t in stages.values())
         self.save()
         final = pipeline.model_folder(self.env, model_dataset, self.args.tr, self.args.c, self.args.f, self.args.p)
         print(f"Self-training done: the model of round {self.args.rounds} is {final} (a stock nnU-Net model "
@@ -283,6 +282,9 @@ class SelfTraining:
         pipeline.run_logged(["nnUNetv2_extract_fingerprint", "-d", target, "-np", n], plan_env, log)
         pipeline.run_logged(["nnUNetv2_move_plans_between_datasets", "-s", str(self.source_id), "-t", target,
                              "-sp", self.args.p, "-tp", self.args.p], plan_env, log + ".plans")
+        # what nnU-Net's planner does beside its plans (the preprocessor and the trainers read this copy)
+        shutil.copy(join(os.environ["nnUNet_raw"], self.target(r), "dataset.json"),
+                    join(os.environ["nnUNet_preprocessed"], self.target(r), "dataset.json"))
         pipeline.run_logged(["nnUNetv2_preprocess", "-d", target, "-plans_name", self.args.p, "-c", self.args.c,
                              "-np", n], plan_env, log + ".preprocess")
         atomic_write_json({"plans_from": self.source, "plans": self.args.p}, marker)

@@ -149,13 +149,15 @@ def test_paired_summary_pairs_by_seed_with_a_t_interval():
 @requires_hippocampus
 def test_evidence_tiny_profile_end_to_end(tmp_path):
     """The protocol's pipeline on real Hippocampus: 1 labelled case (fold all), withheld labels prepared,
-    paired runs of supervised, unweighted and oracle pseudo-labels, the paired summary written."""
+    paired runs of supervised, unweighted and oracle pseudo-labels and gated offline self-training (its first model
+    the supervised arm's), the paired summary written."""
     out = tmp_path / "evidence"
     run_cli(["nnUNetv2_qg_benchmark", "-i", str(HIPPOCAMPUS), "--profile", "evidence-tiny", "-o", str(out), "-d", "760"],
             nnunet_env(tmp_path), timeout=1800)
     summary = json.loads((out / "evidence_summary.json").read_text())
-    assert summary["profile"] == "evidence-tiny" and set(summary["arms"]) == {"supervised", "unweighted_pl", "oracle_pl"}
-    for arm in ("unweighted_pl", "oracle_pl"):
+    assert summary["profile"] == "evidence-tiny" and set(summary["arms"]) == {"supervised", "unweighted_pl", "oracle_pl",
+                                                                            "offline_pl_gated"}
+    for arm in ("unweighted_pl", "oracle_pl", "offline_pl_gated"):
         assert summary["arms"][arm]["seeds"] == [0, 1]
         assert summary["arms"][arm]["minus_supervised"]["n"] == 2 and len(summary["arms"][arm]["minus_supervised"]["ci95"]) == 2
     assert summary["arms"]["oracle_pl"]["minus_unweighted"]["n"] == 2
@@ -164,6 +166,12 @@ def test_evidence_tiny_profile_end_to_end(tmp_path):
     for run in runs:
         checkpoint = torch.load(f"{run['model_folder']}/checkpoint_final.pth", map_location="cpu", weights_only=False)
         log = checkpoint["logging"]
+        if run["arm"] == "offline_pl_gated":  # retrained on the labelled case + the better half of the 4 unlabelled
+            assert f"Dataset{760 + 20 + 10 + run['seed']}_HippocampusSelfTrain1" in run["model_folder"]
+            assert run["offline"]["kept"] == 2 and run["offline"]["cases"] == 4
+            log_text = (out / "work" / "logs" / f"self_train_1labelled_r{run['seed']}_offline_pl_gated.log").read_text()
+            assert "trained (kept)" in log_text  # the first model is the supervised arm's of the same seed
+            continue
         if run["arm"] == "supervised":
             continue
         pl_epochs = [e for e, w in enumerate(log["ssl_weight_plqw"]) if w > 0]

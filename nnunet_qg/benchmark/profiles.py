@@ -60,6 +60,9 @@ EVIDENCE_FEWER_RUNS = {UPPER_BOUND: 3, "qg_ssl": 3, "shuffled_pl": 3, "mean_teac
                        "pl_qw_refresh_corrupted": 3, "pl_mirror_lean": 3, "pl_mirror_average": 3,
                        "pl_mirror_skip_absent": 3, "pl_mirror_flip_all": 3, "offline_pl": 3, "offline_pl_gated": 3}
 
+# the ACDC protocol's arms (profile evidence-acdc): the bounds, today's pseudo-label arms, offline self-training
+ACDC_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_mirror", "oracle_pl", "offline_pl", "offline_pl_gated")
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -116,10 +119,15 @@ PROFILES: Dict[str, Profile] = {
     "evidence": Profile("evidence", "evidence", "cpu", concurrency=1, n_proc_DA=1, preprocess_processes=2, tta=False,
                         fractions=("1labelled",), configuration="2d", fold="all", repeats=6, seed=0,
                         arms=EVIDENCE_ARMS, arm_repeats=EVIDENCE_FEWER_RUNS, withheld_labels=True),
+    # the second protocol (issue #36): ACDC at 64 x 64 in plane (../shared/data/acdc), 2d, the SSL4MIS 5 % split
+    # (3 labelled patients, 6 volumes), fold all, the evidence budget; today's arms first, 3 seeds each
+    "evidence-acdc": Profile("evidence-acdc", "evidence", "cpu", concurrency=1, n_proc_DA=1, preprocess_processes=2,
+                             tta=False, fractions=("3patients",), configuration="2d", fold="all", repeats=3, seed=0,
+                             arms=ACDC_ARMS, withheld_labels=True),
     # the evidence protocol's pipeline in the test suite: every control path, paired runs, a few cases
     "evidence-tiny": Profile("evidence-tiny", "evidenceTiny", "cpu", concurrency=1, n_proc_DA=0, preprocess_processes=2,
                              tta=False, fractions=("1labelled",), configuration="2d", fold="all", repeats=2, seed=0,
-                             arms=("supervised", "unweighted_pl", "oracle_pl"), withheld_labels=True,
+                             arms=("supervised", "unweighted_pl", "oracle_pl", "offline_pl_gated"), withheld_labels=True,
                              max_unlabelled=4, max_test=2),
     # the pipeline test: two arms, a handful of iterations, a few cases
     "tiny": Profile("tiny", "benchTiny", "cpu", concurrency=1, n_proc_DA=0, preprocess_processes=2, tta=False,
