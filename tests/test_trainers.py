@@ -17,7 +17,8 @@ DATASET = PHANTOM_DATASET
 FAST = "nnUNetTrainerQGSSL_debug"  # the trainer of the fast tier
 TRAINERS = ["nnUNetTrainerQGSSL_debug", "nnUNetTrainerQGSSL_PLQW_debug", "nnUNetTrainerQGSSL_QAR_debug",
             "nnUNetTrainerMTQW_debug", "nnUNetTrainerMeanTeacher_debug", "nnUNetTrainerFixMatch_debug",
-            "nnUNetTrainerQGSSL_gFrozen_debug", "nnUNetTrainerQGSSL_lowMemory_debug"]
+            "nnUNetTrainerQGSSL_gFrozen_debug", "nnUNetTrainerQGSSL_lowMemory_debug", "nnUNetTrainerBCP_debug",
+            "nnUNetTrainerBCP_QG_debug"]
 
 
 def _tiered(trainers):
@@ -59,6 +60,11 @@ def test_trainer_trains_every_loss(trained_models, trainer):
         assert all(torch.equal(v, final["ssl_state"]["quality"]["model"][k]) for k, v in exported.items())
     if trainer == "nnUNetTrainerQGSSL_gFrozen_debug":  # the paper's g: no step after the warm-up epoch
         assert np.isfinite(log["qg_train_loss"][0]) and np.isnan(log["qg_train_loss"][1:]).all()
+    if trainer.startswith("nnUNetTrainerBCP"):  # nnU-Net's step in epoch 0, the copy-paste step afterwards
+        assert log["ssl_unlabeled_weight"][0] == 0.0 and np.isfinite(log["ssl_loss_plqw"][1:]).all()
+        assert "quality" not in final["ssl_state"] and final["ssl_state"]["box_rng"] is not None
+        quality = np.array(log["ssl_pseudo_label_quality"][1:])
+        assert (quality == 1).all() if trainer == "nnUNetTrainerBCP_debug" else (quality < 1).all(), quality
     if trainer == "nnUNetTrainerFixMatch_debug":
         assert log["ssl_pseudo_label_kept"][-1] > 0  # the teacher is confident somewhere (its loss is > 0 above)
     assert (fold / "progress_ssl.png").is_file()

@@ -1,13 +1,15 @@
 """nnUNetTrainer subclasses of nnunet-qg (installed as `nnunet_qg.trainers`); the research-only ones are in
 `nnunet_qg.experiments.trainers`."""
 from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerFixMatch, nnUNetTrainerMeanTeacher
+from nnunet_qg.trainers.nnUNetTrainerBCP import nnUNetTrainerBCP, nnUNetTrainerBCP_QG
 from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gFrozen,
                                                    nnUNetTrainerQGSSL_gWeights, nnUNetTrainerQGSSL_lowMemory,
                                                    nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_PLQW_gWeights,
                                                    nnUNetTrainerQGSSL_PLQW_withG, nnUNetTrainerQGSSL_QAR)
 from nnunet_qg.trainers.nnUNetTrainerQGSSL_short import (nnUNetTrainerFixMatch_debug, nnUNetTrainerMeanTeacher_debug,
                                                          nnUNetTrainerMTQW_debug, nnUNetTrainerQGSSL_debug, nnUNetTrainerQGSSL_demo,
-                                                         nnUNetTrainerQGSSL_PLQW_demo,
+                                                         nnUNetTrainerQGSSL_PLQW_demo, nnUNetTrainerBCP_debug,
+                                                         nnUNetTrainerBCP_QG_debug,
                                                          nnUNetTrainerQGSSL_gFrozen_debug, nnUNetTrainerQGSSL_lowMemory_debug,
                                                          nnUNetTrainerQGSSL_PLQW_debug, nnUNetTrainerQGSSL_QAR_debug)
 from nnunet_qg.trainers.nnUNetTrainerQGSSL import nnUNetTrainerQGWarmup
@@ -23,7 +25,8 @@ from nnunet_qg.trainers.nnUNetTrainer_evidence import (
     nnUNetTrainerQGSSL_PLQW_gWeightsRefreshCorrupted_evidence, nnUNetTrainerQGSSL_PLQWbatchSize_evidence,
     nnUNetTrainerQGSSL_PLQWema999_evidence, nnUNetTrainerQGSSL_PLQWfg33_evidence, nnUNetTrainerQGSSL_PLQWtau08_evidence,
     nnUNetTrainerQGSSL_PLQWlean_evidence, nnUNetTrainerQGSSL_PLQWmirrorAverage_evidence,
-    nnUNetTrainerQGSSL_PLQWskipAbsent_evidence, nnUNetTrainerQGSSL_PLQWflipAll_evidence,
+    nnUNetTrainerQGSSL_PLQWskipAbsent_evidence, nnUNetTrainerQGSSL_PLQWflipAll_evidence, nnUNetTrainerBCP_evidence,
+    nnUNetTrainerBCP_QG_evidence, nnUNetTrainerBCPOracle_evidence,
     nnUNetTrainerQGSSL_PLQWunlabeled2x_evidence, nnUNetTrainerShuffledPL_evidence, nnUNetTrainerUnweightedPL_evidence,
     nnUNetTrainerUnweightedPL_evidenceTiny)
 from nnunet_qg.trainers.nnUNetTrainer_benchmark import *  # noqa: F401,F403  (the <trainer>_<budget> variants)

@@ -71,10 +71,15 @@ class nnUNetTrainerShuffledPL(nnUNetTrainerQGSSL_PLQW_gWeights):
         return weights[torch.randperm(len(weights), generator=self.shuffle_generator).to(weights.device)]
 
 
-class nnUNetTrainerOraclePL(WithheldLabels, nnUNetTrainerQGSSL_PLQW_gWeights):
-    """Ceiling: the weight a perfect g would give, w(true Dice of the pseudo-label), same w as PL-QW."""
+class OracleWeights:
+    """Put before a quality-guided trainer (with WithheldLabels): the weight a perfect score would give,
+    w(true Dice of the pseudo-label), the same w as PL-QW's."""
 
     def pseudo_label_weights(self, quality: torch.Tensor, true_dice: Optional[torch.Tensor]) -> torch.Tensor:
         if true_dice is None:
             raise RuntimeError(f"{self.__class__.__name__}: the unlabelled batch carries no withheld labels")
         return self.quality_weight(true_dice)
+
+
+class nnUNetTrainerOraclePL(OracleWeights, WithheldLabels, nnUNetTrainerQGSSL_PLQW_gWeights):
+    """Ceiling: the weight a perfect g would give, w(true Dice of the pseudo-label), same w as PL-QW."""

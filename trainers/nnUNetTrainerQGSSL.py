@@ -345,7 +345,8 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         # PL-QW's score q of a pseudo-label: "mirror" = the EMA teacher's agreement with its own predictions of
         # the patch mirrored along each of nnU-Net's mirror axes (one extra teacher pass per axis, no g pass);
         # "g" = g's score (the paper's; g over-rated and barely ranked the teacher's pseudo-labels on the
-        # evidence protocol, docs/results.md). Plans without mirror axes fall back to g's score.
+        # evidence protocol, docs/results.md); "none" = 1 for every pseudo-label (no quality guidance). Plans
+        # without mirror axes fall back from "mirror" to g's score.
         self.pseudo_label_score = "mirror"
         # the pseudo-label: False = the argmax of the teacher's prediction of the patch; True = the argmax of its
         # predictions of the patch and of its mirror images averaged (nnU-Net's test-time mirroring, from the
@@ -386,7 +387,7 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         return self.qar_weight > 0 or (self.plqw_weight > 0 and self.pseudo_labels_scored_by_g())
 
     def on_train_start(self):
-        for name, allowed in (("pseudo_label_score", ("mirror", "g")), ("quality_weight_normalisation",
+        for name, allowed in (("pseudo_label_score", ("mirror", "g", "none")), ("quality_weight_normalisation",
                                                                           ("batch", "batch_size")),
                               ("mirror_absent_labels", ("agree", "skip")),
                               ("mirror_agreement_images", MIRROR_MODES)):
@@ -399,7 +400,13 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
 
     def pseudo_labels_scored_by_g(self) -> bool:
         """Whether PL-QW's score q is g's (pseudo_label_score "g", or "mirror" without mirror axes)."""
-        return self.pseudo_label_score == "g" or not self.inference_allowed_mirroring_axes
+        return self.pseudo_label_score == "g" or (self.pseudo_label_score == "mirror" and
+                                                  not self.inference_allowed_mirroring_axes)
+
+    def pseudo_label_score_name(self) -> str:
+        """What q is, for the log."""
+        return "g" if self.pseudo_labels_scored_by_g() else {"mirror": "mirror agreement", "none": "none (1)"}[
+            self.pseudo_label_score]
 
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
@@ -412,7 +419,7 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         if self._quality_truth_pairs:
             score, truth = (torch.cat(t).float().cpu().numpy() for t in zip(*self._quality_truth_pairs))
             figures = agreement(score, truth)
-            self.print_to_log_file(f"PL-QW's quality score q ({'g' if self.pseudo_labels_scored_by_g() else 'mirror agreement'}) of this epoch's pseudo-labels "
+            self.print_to_log_file(f"PL-QW's quality score q ({self.pseudo_label_score_name()}) of this epoch's pseudo-labels "
                                    f"against their withheld labels: Pearson {figures['pearson']:.4f}, bias "
                                    f"{figures['bias']:+.4f}, n {figures['n']}")
         self.logger.log("ssl_quality_true_pearson", figures["pearson"], self.current_epoch)
@@ -421,7 +428,7 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
     # ------------------------------------------------------------------ losses
     def mirror_scored(self) -> bool:
         """Whether PL-QW's score is the teacher's mirror agreement (computed in unlabeled_targets)."""
-        return self.plqw_weight > 0 and not self.pseudo_labels_scored_by_g()
+        return self.plqw_weight > 0 and self.pseudo_label_score == "mirror" and not self.pseudo_labels_scored_by_g()
 
     def unlabeled_targets(self, view_student: torch.Tensor, view_teacher: torch.Tensor) -> Optional[PseudoLabels]:
         """The teacher's pseudo-labels of the batch, before the student's pass: ONE teacher call over the teacher
@@ -443,7 +450,9 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
             channels = logits.argmax(1, keepdim=True)
         pseudo = PseudoLabels(view_teacher, logits, channels, self.channel_one_hot(channels),
                               averaged_probabilities=averaged)
-        if self.mirror_scored():
+        if self.pseudo_label_score == "none":
+            pseudo.quality = torch.ones(view_teacher.shape[0], device=view_teacher.device)
+        elif self.mirror_scored():
             mirrored_masks = [self.channel_one_hot(m.argmax(1, keepdim=True)) for m in mirrored]
             agree = self.mirror_absent_labels == "agree"
             pseudo.quality = mirror_agreement(pseudo.mask, mirrored_masks, absent_labels_agree=agree)

@@ -3,6 +3,7 @@
 4 epochs x 3 iterations: warm-up in epoch 0, PL-QW from epoch 1, QAR from epoch 2.
 """
 from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerFixMatch, nnUNetTrainerMeanTeacher
+from nnunet_qg.trainers.nnUNetTrainerBCP import nnUNetTrainerBCP, nnUNetTrainerBCP_QG
 from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerMTQW, nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_gFrozen,
                                                    nnUNetTrainerQGSSL_lowMemory, nnUNetTrainerQGSSL_PLQW, nnUNetTrainerQGSSL_QAR)
 from nnunet_qg.trainers.short_schedule import ShortSchedule
@@ -39,6 +40,20 @@ class nnUNetTrainerQGSSL_lowMemory_debug(QGDebugSchedule, nnUNetTrainerQGSSL_low
 
 class nnUNetTrainerMTQW_debug(QGDebugSchedule, nnUNetTrainerMTQW):
     """Smoke test of nnUNetTrainerMTQW."""
+
+
+class BCPDebugSchedule(QGDebugSchedule):
+    """The QG debug schedule with the copy-paste base from epoch 1."""
+
+    short_overrides = {**QGDebugSchedule.short_overrides, "copy_paste_start_fraction": 0.25}
+
+
+class nnUNetTrainerBCP_debug(BCPDebugSchedule, nnUNetTrainerBCP):
+    """Smoke test of nnUNetTrainerBCP."""
+
+
+class nnUNetTrainerBCP_QG_debug(BCPDebugSchedule, nnUNetTrainerBCP_QG):
+    """Smoke test of nnUNetTrainerBCP_QG."""
 
 
 class nnUNetTrainerMeanTeacher_debug(ShortSchedule, nnUNetTrainerMeanTeacher):

@@ -11,7 +11,8 @@ from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_qg.trainers.nnUNetTrainerBaselines import nnUNetTrainerMeanTeacher
-from nnunet_qg.trainers.nnUNetTrainerPLControls import (WithheldLabels, nnUNetTrainerOraclePL,
+from nnunet_qg.trainers.nnUNetTrainerBCP import nnUNetTrainerBCP, nnUNetTrainerBCP_QG
+from nnunet_qg.trainers.nnUNetTrainerPLControls import (OracleWeights, WithheldLabels, nnUNetTrainerOraclePL,
                                                         nnUNetTrainerShuffledPL, nnUNetTrainerUnweightedPL)
 from nnunet_qg.trainers.nnUNetTrainerQGSSL import (nnUNetTrainerQGSSL, nnUNetTrainerQGSSL_PLQW,
                                                    nnUNetTrainerQGSSL_PLQW_gWeights)
@@ -157,6 +158,18 @@ class nnUNetTrainerQGSSL_PLQW_gWeightsRefreshCorrupted_evidence(nnUNetTrainerQGS
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.quality_refresh_real_fraction = 0.0
+
+
+class nnUNetTrainerBCP_evidence(EvidenceBudget, SeededTraining, WithheldLabels, nnUNetTrainerBCP):
+    """bcp: bidirectional copy-paste, no quality guidance (the strong base, issue #36)."""
+
+
+class nnUNetTrainerBCP_QG_evidence(EvidenceBudget, SeededTraining, WithheldLabels, nnUNetTrainerBCP_QG):
+    """bcp_qg: bidirectional copy-paste with the mirror agreement's quality weights (the candidate)."""
+
+
+class nnUNetTrainerBCPOracle_evidence(EvidenceBudget, SeededTraining, OracleWeights, WithheldLabels, nnUNetTrainerBCP):
+    """bcp_oracle: bidirectional copy-paste with the weights of a perfect score (the headroom)."""
 
 
 class nnUNetTrainer_evidenceCurve(nnUNetTrainer_evidence):

@@ -29,6 +29,10 @@ ARMS: Dict[str, str] = {
     "pl_mirror_average": "nnUNetTrainerQGSSL_PLQWmirrorAverage",  # pseudo-label from the mirror-averaged prediction
     "pl_mirror_skip_absent": "nnUNetTrainerQGSSL_PLQWskipAbsent",  # absent labels skipped, empty patches neutral
     "pl_mirror_flip_all": "nnUNetTrainerQGSSL_PLQWflipAll",  # agreement with one image mirrored along every axis
+    # the strong base (issue #36): bidirectional copy-paste, without and with quality guidance, and its headroom
+    "bcp": "nnUNetTrainerBCP",
+    "bcp_qg": "nnUNetTrainerBCP_QG",  # the mirror agreement's weights on the pseudo-labelled part
+    "bcp_oracle": "nnUNetTrainerBCPOracle",  # the weights of a perfect score (withheld labels)
     # offline self-training (nnUNetv2_qg_self_train): the first model and the retraining are both this trainer
     "offline_pl": "nnUNetTrainer",  # every unlabelled case's prediction kept as its pseudo-label
     "offline_pl_gated": "nnUNetTrainer",  # the half with the best predicted Dice (nnUNetv2_predict_quality) kept
@@ -41,7 +45,8 @@ OFFLINE_ID_OFFSET = 20
 # the evidence budget only
 CONTROL_ARMS = ("unweighted_pl", "oracle_pl", "shuffled_pl", "pl_mirror_batch_size", "pl_mirror_ema999",
                 "pl_mirror_unlabeled2x", "pl_mirror_tau08", "pl_mirror_fg33", "pl_qw_refresh_corrupted",
-                "pl_mirror_lean", "pl_mirror_average", "pl_mirror_skip_absent", "pl_mirror_flip_all")
+                "pl_mirror_lean", "pl_mirror_average", "pl_mirror_skip_absent", "pl_mirror_flip_all", "bcp", "bcp_qg",
+                "bcp_oracle")
 # the default arms of the budget profiles (every budget of nnUNetTrainer_benchmark); the offline arms run where asked
 # (--arms, the evidence profile): each trains two models
 STANDARD_ARMS = tuple(a for a in ARMS if a not in CONTROL_ARMS and a not in OFFLINE_ARMS)
@@ -54,14 +59,16 @@ SUPERVISED_ARMS = (LOWER_BOUND, UPPER_BOUND)
 EVIDENCE_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_qw", "oracle_pl", "pl_mirror", "qg_ssl", "shuffled_pl",
                  "mean_teacher", "pl_mirror_batch_size", "pl_mirror_ema999", "pl_mirror_unlabeled2x",
                  "pl_mirror_tau08", "pl_mirror_fg33", "pl_qw_refresh_corrupted", "pl_mirror_lean", "pl_mirror_average",
-                 "pl_mirror_skip_absent", "pl_mirror_flip_all", "offline_pl", "offline_pl_gated")
+                 "pl_mirror_skip_absent", "pl_mirror_flip_all", "offline_pl", "offline_pl_gated", "bcp", "bcp_qg",
+                 "bcp_oracle")
 EVIDENCE_FEWER_RUNS = {UPPER_BOUND: 3, "qg_ssl": 3, "shuffled_pl": 3, "mean_teacher": 3, "pl_mirror_batch_size": 3,
                        "pl_mirror_ema999": 3, "pl_mirror_unlabeled2x": 3, "pl_mirror_tau08": 3, "pl_mirror_fg33": 3,
                        "pl_qw_refresh_corrupted": 3, "pl_mirror_lean": 3, "pl_mirror_average": 3,
                        "pl_mirror_skip_absent": 3, "pl_mirror_flip_all": 3, "offline_pl": 3, "offline_pl_gated": 3}
 
 # the ACDC protocol's arms (profile evidence-acdc): the bounds, today's pseudo-label arms, offline self-training
-ACDC_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_mirror", "oracle_pl", "offline_pl", "offline_pl_gated")
+ACDC_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_mirror", "oracle_pl", "offline_pl", "offline_pl_gated",
+             "bcp", "bcp_qg", "bcp_oracle")
 
 
 @dataclass(frozen=True)
