@@ -17,7 +17,7 @@ def ds_target(target: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 
 
 def per_sample_dice_ce(outputs: Outputs, target: torch.Tensor, ds_weights: Optional[Sequence[float]] = None,
-                       smooth: float = 1e-5) -> torch.Tensor:
+                       smooth: float = 1e-5, region: Optional[torch.Tensor] = None) -> torch.Tensor:
     """nnU-Net's Dice + CE (Dice without background, as nnU-Net does), one value per sample.
 
     outputs: logits (B, C, ...) or a deep-supervision list (highest resolution first);
@@ -25,6 +25,9 @@ def per_sample_dice_ce(outputs: Outputs, target: torch.Tensor, ds_weights: Optio
     nnU-Net's targets are (ds_target); ds_weights: nnU-Net's deep-supervision weights (they sum to 1).
     Averaged over samples this equals nnU-Net's DeepSupervisionWrapper(DC_and_CE_loss) with
     MemoryEfficientSoftDiceLoss(batch_dice=False, do_bg=False) + 1 (its Dice term is negative).
+    region: (B, 1, ...; 1 inside, 0 outside, full resolution, downsampled as the target), or None for every
+    voxel: the loss of the region's voxels alone (CE averaged over them, the soft Dice of them only), e.g. each
+    part of a copy-paste image against its own target.
     """
     outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
     ds_weights = [1.0] if ds_weights is None else list(ds_weights)
@@ -34,36 +37,15 @@ def per_sample_dice_ce(outputs: Outputs, target: torch.Tensor, ds_weights: Optio
             continue
         t = ds_target(target, logits.shape[2:])
         logits = logits.float()
-        ce = F.cross_entropy(logits, t[:, 0].long(), reduction="none").flatten(1).mean(1)
+        ce = F.cross_entropy(logits, t[:, 0].long(), reduction="none").flatten(1)
         probs = torch.softmax(logits, 1)[:, 1:]
         onehot = F.one_hot(t[:, 0].long(), logits.shape[1]).movedim(-1, 1)[:, 1:].float()
-        axes = tuple(range(2, probs.ndim))
-        intersection = (probs * onehot).sum(axes)
-        dice = (2 * intersection + smooth) / (probs.sum(axes) + onehot.sum(axes) + smooth).clamp_min(1e-8)
-        total = total + weight * (ce + 1 - dice.mean(1))
-    return total
-
-
-def region_dice_ce(outputs: Outputs, target: torch.Tensor, region: torch.Tensor,
-                   ds_weights: Optional[Sequence[float]] = None, smooth: float = 1e-5) -> torch.Tensor:
-    """per_sample_dice_ce restricted to `region` (B, 1, ...; 1 inside, 0 outside, at full resolution): CE averaged
-    over the region's voxels, nnU-Net's soft Dice (without background, per sample) of the region's voxels only;
-    one value per sample. The region and the target are downsampled for the lower deep-supervision outputs as
-    nnU-Net's targets are (ds_target). With a region of ones it equals per_sample_dice_ce. For mixed images
-    (copy-paste): each region's part of the loss against its own target."""
-    outputs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-    ds_weights = [1.0] if ds_weights is None else list(ds_weights)
-    total = torch.zeros(outputs[0].shape[0], device=outputs[0].device)
-    for logits, weight in zip(outputs, ds_weights):
-        if weight == 0:
-            continue
-        t = ds_target(target, logits.shape[2:])
-        r = ds_target(region, logits.shape[2:]).float()
-        logits = logits.float()
-        ce = (F.cross_entropy(logits, t[:, 0].long(), reduction="none") * r[:, 0]).flatten(1).sum(1) \
-            / r.flatten(1).sum(1).clamp_min(1)
-        probs = torch.softmax(logits, 1)[:, 1:] * r
-        onehot = F.one_hot(t[:, 0].long(), logits.shape[1]).movedim(-1, 1)[:, 1:].float() * r
+        if region is None:
+            ce = ce.mean(1)
+        else:
+            r = ds_target(region, logits.shape[2:]).float()
+            ce = (ce * r.flatten(1)).sum(1) / r.flatten(1).sum(1).clamp_min(1)
+            probs, onehot = probs * r, onehot * r
         axes = tuple(range(2, probs.ndim))
         intersection = (probs * onehot).sum(axes)
         dice = (2 * intersection + smooth) / (probs.sum(axes) + onehot.sum(axes) + smooth).clamp_min(1e-8)

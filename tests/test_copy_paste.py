@@ -1,4 +1,5 @@
-"""Bidirectional copy-paste (nnunet_qg/copy_paste.py) and its region loss (ssl_losses.region_dice_ce), against
+"""Bidirectional copy-paste (nnunet_qg/copy_paste.py) and its region loss (ssl_losses.per_sample_dice_ce with a
+region), against
 computations written here; the BCP trainers' step in the real trainers (nnUNetTrainerBCP, _QG)."""
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import torch.nn.functional as F
 
 from conftest import PHANTOM_DATASET, trainer_checks_fixture
 from nnunet_qg.copy_paste import bidirectional_copy_paste, box_mask
-from nnunet_qg.ssl_losses import per_sample_dice_ce, region_dice_ce
+from nnunet_qg.ssl_losses import per_sample_dice_ce
 
 
 @pytest.mark.parametrize("shape", [(12, 9), (6, 9, 12)])
@@ -72,17 +73,18 @@ def test_region_loss_equals_the_loss_of_the_regions_voxels():
     torch.manual_seed(0)
     logits, target = torch.randn(4, 3, 6, 7, 5), torch.randint(0, 3, (4, 1, 6, 7, 5))
     region = (torch.rand(4, 1, 6, 7, 5) > 0.4).float()
-    torch.testing.assert_close(region_dice_ce(logits, target, region), _reference_region_loss(logits, target, region))
+    torch.testing.assert_close(per_sample_dice_ce(logits, target, region=region),
+                               _reference_region_loss(logits, target, region))
     # a region of ones: nnU-Net's per-sample loss; deep supervision: downsampled regions and targets, weighted
     ones = torch.ones_like(region)
-    torch.testing.assert_close(region_dice_ce(logits, target, ones), per_sample_dice_ce(logits, target))
+    torch.testing.assert_close(per_sample_dice_ce(logits, target, region=ones), per_sample_dice_ce(logits, target))
     low = torch.randn(4, 3, 3, 4, 3)
-    torch.testing.assert_close(region_dice_ce([logits, low], target, ones, [0.6, 0.4]),
+    torch.testing.assert_close(per_sample_dice_ce([logits, low], target, [0.6, 0.4], region=ones),
                                per_sample_dice_ce([logits, low], target, [0.6, 0.4]))
     from nnunet_qg.ssl_losses import ds_target
     expected = 0.6 * _reference_region_loss(logits, target, region) + 0.4 * _reference_region_loss(
         low, ds_target(target, (3, 4, 3)), ds_target(region, (3, 4, 3)))
-    torch.testing.assert_close(region_dice_ce([logits, low], target, region, [0.6, 0.4]), expected)
+    torch.testing.assert_close(per_sample_dice_ce([logits, low], target, [0.6, 0.4], region=region), expected)
 
 
 # the BCP step in the real trainers: the loss is the labelled part + u_weight x the weighted pseudo-labelled part,
@@ -91,7 +93,7 @@ CHECK = """
     import numpy as np
     from nnunet_qg.copy_paste import bidirectional_copy_paste, box_mask
     from nnunet_qg.networks import highest_resolution
-    from nnunet_qg.ssl_losses import quality_weights, region_dice_ce, weighted_mean
+    from nnunet_qg.ssl_losses import per_sample_dice_ce, quality_weights, weighted_mean
     trainer.unlabeled_seed = 5
     trainer._box_rng = np.random.default_rng(6)
     trainer._weights = trainer.component_weights_at(trainer.num_epochs - 1)
@@ -112,9 +114,10 @@ CHECK = """
     with torch.no_grad():
         output = trainer.network(mixed.images)
         w = torch.ones(2) if args[0] == "none" else quality_weights(pseudo.quality, 2.0, trainer.quality_threshold)
-        expected_pl = weighted_mean(region_dice_ce(output, mixed.target, 1 - mixed.labelled_region,
-                                                   trainer.loss.weight_factors), w[mixed.unlabeled_source])
-        expected_l = region_dice_ce(output, mixed.target, mixed.labelled_region, trainer.loss.weight_factors).mean()
+        expected_pl = weighted_mean(per_sample_dice_ce(output, mixed.target, trainer.loss.weight_factors,
+                                                       region=1 - mixed.labelled_region), w[mixed.unlabeled_source])
+        expected_l = per_sample_dice_ce(output, mixed.target, trainer.loss.weight_factors,
+                                        region=mixed.labelled_region).mean()
     if args[0] == "mirror":
         assert not torch.equal(pseudo.quality, torch.ones(2)), pseudo.quality
     assert torch.allclose(pseudo_part, expected_pl, atol=1e-5), (float(pseudo_part), float(expected_pl))

@@ -22,7 +22,7 @@ import torch
 
 from nnunet_qg.copy_paste import bidirectional_copy_paste, box_mask
 from nnunet_qg.networks import highest_resolution, split_batch
-from nnunet_qg.ssl_losses import region_dice_ce
+from nnunet_qg.ssl_losses import per_sample_dice_ce
 from nnunet_qg.trainers.nnUNetTrainerQGSSL import PseudoLabels, nnUNetTrainerQGSSL_PLQW
 from nnunet_qg.trainers.nnUNetTrainerSSL import UnlabeledBatch
 
@@ -77,9 +77,10 @@ class nnUNetTrainerBCP(nnUNetTrainerQGSSL_PLQW):
         ds_weights = getattr(self.loss, "weight_factors", None)
         with self._autocast():
             output = self.network(mixed.images)
-            labelled_part = region_dice_ce(output, mixed.target, mixed.labelled_region, ds_weights).mean()
+            labelled_part = per_sample_dice_ce(output, mixed.target, ds_weights,
+                                               region=mixed.labelled_region).mean()
             pseudo_part = self.weighted_pseudo_label_loss(
-                region_dice_ce(output, mixed.target, 1 - mixed.labelled_region, ds_weights), weights)
+                per_sample_dice_ce(output, mixed.target, ds_weights, region=1 - mixed.labelled_region), weights)
             loss = labelled_part + self.copy_paste_unlabeled_weight * pseudo_part
         self._backward(loss)
         extras = {**self.pseudo_label_stats(pseudo.quality, weights[:data.shape[0]], true_dice),
