@@ -3,6 +3,7 @@ of a 3D dataset (slices), each trained with QG-SSL, predicted and evaluated."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import (PH2_DATASET, PH2_ID, PHANTOM_DATASET, PHANTOM_ID, TrainedModel, plan_and_preprocess,
@@ -28,8 +29,25 @@ def _predict_and_evaluate(env, dataset_id: int, dataset: str, tmp_path: Path) ->
              "-pfile", str(out / "plans.json"), "-np", "1"], env)
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["metric_per_case"]) == len(list((raw / "labelsTs").iterdir()))
-    assert 0.0 <= summary["foreground_mean"]["Dice"] <= 1.0
+    # each prediction has its reference's geometry, and nnU-Net's Dice is the Dice of the files (numpy, here)
+    reader = _reader(out / "plans.json")
+    for case in summary["metric_per_case"]:
+        pred, _ = reader.read_seg(case["prediction_file"])
+        ref, _ = reader.read_seg(case["reference_file"])
+        assert pred.shape == ref.shape, (case["prediction_file"], pred.shape, ref.shape)
+        for label, metrics in case["metrics"].items():
+            a, b = pred == int(label), ref == int(label)
+            total = int(a.sum() + b.sum())
+            if total:
+                assert metrics["Dice"] == pytest.approx(2 * np.logical_and(a, b).sum() / total, abs=1e-6)
     return summary
+
+
+def _reader(plans_file: Path):
+    """The dataset's image reader, as nnU-Net's evaluation picks it from the plans."""
+    from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
+
+    return recursive_find_reader_writer_by_name(json.loads(plans_file.read_text())["image_reader_writer"])()
 
 
 @pytest.mark.full

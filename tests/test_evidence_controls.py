@@ -78,9 +78,11 @@ CHECK = """
     assert torch.allclose(got, want, atol=1e-7)
     print("OK", kind, [round(float(w), 3) for w in weights])
 """.replace("TESTS", repr(str(REPO / "tests")))
-ARMS = [("nnUNetTrainerOraclePL", "oracle"), ("nnUNetTrainerUnweightedPL", "unweighted"),
-        ("nnUNetTrainerShuffledPL", "shuffled"), ("nnUNetTrainerQGSSL_PLQW_gWeights", "g"),
-        ("nnUNetTrainerQGSSL_PLQW", "mirror"), ("nnUNetTrainerQGSSL_PLQW", "no_mirror_axes")]
+# the evidence arms' trainers (WithheldLabels: the true Dice of the pseudo-labels); the shipped PL-QW's weight is
+# that of its evidence arm pl_mirror
+ARMS = [("nnUNetTrainerOraclePL_evidence", "oracle"), ("nnUNetTrainerUnweightedPL_evidence", "unweighted"),
+        ("nnUNetTrainerShuffledPL_evidence", "shuffled"), ("nnUNetTrainerQGSSL_PLQW_gWeights_evidence", "g"),
+        ("nnUNetTrainerQGSSL_PLQW_evidence", "mirror"), ("nnUNetTrainerQGSSL_PLQW_evidence", "no_mirror_axes")]
 
 
 checked = trainer_checks_fixture(CHECK, [(t, PHANTOM_DATASET, kind) for t, kind in ARMS], "control_checks")

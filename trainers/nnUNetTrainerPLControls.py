@@ -21,6 +21,8 @@ from typing import List, Optional
 import torch
 
 from nnunet_qg.benchmark.withheld import withheld_folder
+from nnunet_qg.quality.dice import soft_dice_per_label
+from nnunet_qg.quality.training import one_hot_foreground
 from nnunet_qg.unlabeled.errors import UnlabeledDataError
 from nnunet_qg.trainers.nnUNetTrainerQGSSL import nnUNetTrainerQGSSL_PLQW_gWeights
 
@@ -37,6 +39,14 @@ class WithheldLabels:
     @property
     def preprocessed_unlabeled_folder(self) -> str:
         return withheld_folder(self.plans_manager.dataset_name, self.configuration_manager.data_identifier)
+
+    def pseudo_label_true_dice(self, pseudo_mask: torch.Tensor) -> Optional[torch.Tensor]:
+        """The Dice (mean over foreground labels, both empty = 1, as g is trained) of each pseudo-label (B, L, ...)
+        against the withheld label of its patch (None while no unlabelled batch carries them)."""
+        if self._unlabeled_target is None:
+            return None
+        truth = one_hot_foreground(self._unlabeled_target, self.label_manager.foreground_labels)
+        return soft_dice_per_label(pseudo_mask, truth).mean(1)
 
     def check_unlabeled_data(self) -> List[str]:
         """The ordinary unlabelled folder's checks (plans, no leak), then every case in the withheld folder."""

@@ -475,12 +475,9 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         return weighted_mean(losses, weights)  # "batch" (on_train_start checked the setting)
 
     def pseudo_label_true_dice(self, pseudo_mask: torch.Tensor) -> Optional[torch.Tensor]:
-        """Benchmarks only: the Dice (mean over foreground labels, both empty = 1, as g is trained) of each
-        pseudo-label (B, L, ...) against the withheld label of its patch; None without withheld labels."""
-        if self._unlabeled_target is None:
-            return None
-        truth = one_hot_foreground(self._unlabeled_target, self.label_manager.foreground_labels)
-        return soft_dice_per_label(pseudo_mask, truth).mean(1)
+        """The true Dice of each pseudo-label: None here (no label of an unlabelled case); benchmark trainers with
+        withheld labels compute it (nnUNetTrainerPLControls.WithheldLabels)."""
+        return None
 
     def pseudo_label_stats(self, quality: torch.Tensor, weights: torch.Tensor,
                            true_dice: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
