@@ -58,17 +58,38 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def trainer_and_settings(spec: str) -> tuple:
+    """'TRAINER' or 'TRAINER:attribute=value[,attribute=value]' (values as Python literals, else strings): the
+    trainer's class name and the attributes to set after its __init__ (to time an option beside its default)."""
+    import ast
+
+    name, _, rest = spec.partition(":")
+    settings = {}
+    for item in filter(None, rest.split(",")):
+        attribute, _, text = item.partition("=")
+        try:
+            settings[attribute] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            settings[attribute] = text
+    return name, settings
+
+
 def measure(trainer_name: str, dataset: str, configuration: str, device: torch.device, iterations: int,
             profiled_steps: int = 4) -> dict:
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    cls = recursive_find_trainer_class_by_name(trainer_name)
+    name, settings = trainer_and_settings(trainer_name)
+    cls = recursive_find_trainer_class_by_name(name)
     plans = load_json(join(nnUNet_preprocessed, dataset, "nnUNetPlans.json"))
     plans["continue_training"] = False
     trainer = cls(plans=plans, configuration=configuration, fold=0,
                   dataset_json=load_json(join(nnUNet_preprocessed, dataset, "dataset.json")), device=device)
+    for attribute, value in settings.items():
+        if not hasattr(trainer, attribute):
+            raise SystemExit(f"ERROR: {name} has no attribute {attribute} ({trainer_name})")
+        setattr(trainer, attribute, value)
     trainer.on_train_start()
     trainer.network.train()
     if getattr(trainer, "quality", None) is not None:
@@ -147,7 +168,8 @@ def main() -> None:
     parser.add_argument("-c", default="3d_fullres")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--iterations", type=int, default=20)
-    parser.add_argument("--trainers", nargs="+", default=DEFAULT_TRAINERS)
+    parser.add_argument("--trainers", nargs="+", default=DEFAULT_TRAINERS,
+                        help="trainer class names; TRAINER:attribute=value[,...] times a trainer with attributes set")
     parser.add_argument("--out", default="benchmark_results/trainer_speed.json")
     parser.add_argument("--summary", default=None, help="JSON file of every configuration's ratios (updated)")
     args = parser.parse_args()
