@@ -66,9 +66,10 @@ EVIDENCE_FEWER_RUNS = {UPPER_BOUND: 3, "qg_ssl": 3, "shuffled_pl": 3, "mean_teac
                        "pl_qw_refresh_corrupted": 3, "pl_mirror_lean": 3, "pl_mirror_average": 3,
                        "pl_mirror_skip_absent": 3, "pl_mirror_flip_all": 3, "offline_pl": 3, "offline_pl_gated": 3}
 
-# the ACDC protocol's arms (profile evidence-acdc): the bounds, today's pseudo-label arms, offline self-training
-ACDC_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_mirror", "oracle_pl", "offline_pl", "offline_pl_gated",
-             "bcp", "bcp_qg", "bcp_oracle")
+# the ACDC protocol's arms (profile evidence-acdc): the bounds, today's pseudo-label arms (g's weights where g learns
+# from 6 labelled volumes: pl_qw), offline self-training, the copy-paste base
+ACDC_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_mirror", "oracle_pl", "pl_qw", "offline_pl",
+             "offline_pl_gated", "bcp", "bcp_qg", "bcp_oracle")
 
 
 @dataclass(frozen=True)
