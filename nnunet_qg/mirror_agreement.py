@@ -11,8 +11,8 @@ The teacher sees the patch and its mirror images before the student's pass, in O
 axis on a GPU (nnU-Net's networks normalise per instance, so each sample's logits are those of a call of its
 own; a step at small patches is bound by kernel launches there), in one call per mirror image on the CPU
 (measured faster there: docs/results.md), and the agreement is computed from the argmax of the logits (no
-softmax). The mirror images are one per axis (`mirror_images(axes, "each")`, the default), or one image mirrored
-along every axis at once ("all_at_once": one teacher pass instead of one per axis).
+softmax). The mirror images are one image mirrored along every axis at once (`mirror_images(axes, "all_at_once")`:
+one teacher pass; the trainers' default since issue #33), or one per axis ("each": one teacher pass per axis).
 """
 from typing import Callable, List, Sequence, Tuple
 

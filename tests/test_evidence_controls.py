@@ -61,7 +61,8 @@ CHECK = """
     elif kind == "mirror":  # the voxelwise reference from separate teacher calls on the teacher's view
         teacher_logits = lambda images: trainer.teacher(images).detach()
         mirror = torch.from_numpy(reference_of(teacher_logits, view_teacher, trainer.inference_allowed_mirroring_axes,
-                                               [1, 2])).float()
+                                               [1, 2], all_at_once=trainer.mirror_agreement_images == "all_at_once")
+                                  ).float()
         assert len(trainer.inference_allowed_mirroring_axes) == 3  # the phantom is 3D: three axes
         weights = quality_weights(mirror)
     else:

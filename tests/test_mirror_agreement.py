@@ -44,11 +44,20 @@ def agreement_of(logits_of: Callable[[torch.Tensor], torch.Tensor], images: torc
     return mirror_agreement(one_hot(logits), [one_hot(m) for m in mirrored], absent_labels_agree)
 
 
+def reference_mirrored(logits_of, images: torch.Tensor, axes: Sequence[int], all_at_once: bool = False
+                       ) -> List[np.ndarray]:
+    """Label maps of the mirror images (one per axis, or one flipped along every axis), each from its own call
+    and mirrored back with numpy."""
+    groups = [list(axes)] if all_at_once and len(axes) else [[a] for a in axes]
+    return [np.flip(logits_of(images.flip([a + 2 for a in g])).argmax(1).numpy(), [a + 1 for a in g])
+            for g in groups]
+
+
 def reference_of(logits_of, images: torch.Tensor, axes: Sequence[int], labels: List[int],
-                 absent_labels_agree: bool = True) -> np.ndarray:
+                 absent_labels_agree: bool = True, all_at_once: bool = False) -> np.ndarray:
     """The same score from separate calls per mirror image, mirrored back with numpy."""
     pseudo = logits_of(images).argmax(1).numpy()
-    mirrored = [np.flip(logits_of(images.flip([a + 2])).argmax(1).numpy(), a + 1) for a in axes]
+    mirrored = reference_mirrored(logits_of, images, axes, all_at_once)
     return reference_agreement(pseudo, mirrored, labels, absent_labels_agree)
 
 

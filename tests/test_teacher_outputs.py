@@ -17,12 +17,12 @@ from conftest import PHANTOM_DATASET, PHANTOM_ID, REPO, run_cli, trainer_checks_
 
 # the body of check(trainer, args), run on the real trainers in one subprocess (conftest.run_trainer_checks);
 # args[0]: the PL-QW options to set ("shipped", "skip": mirror_absent_labels "skip", "average":
-# pseudo_label_mirror_average)
+# pseudo_label_mirror_average, "each" / "all_at_once": mirror_agreement_images)
 CHECK = """
     import sys
     sys.path.insert(0, TESTS)
     import numpy as np
-    from test_mirror_agreement import reference_agreement, reference_of
+    from test_mirror_agreement import reference_agreement, reference_mirrored, reference_of
     from nnunet_qg.networks import highest_resolution, unwrap_network
     from nnunet_qg.ssl_losses import neutral_weights, quality_weights
     torch.manual_seed(0)
@@ -40,6 +40,8 @@ CHECK = """
             trainer.mirror_absent_labels = "skip"
         if args[0] == "average":
             trainer.pseudo_label_mirror_average = True
+        if args[0] in ("each", "all_at_once"):
+            trainer.mirror_agreement_images = args[0]
         if trainer.quality is not None:
             trainer.quality.freeze()  # as after the warm-up
         trainer._weights = {"plqw": 1.0, "qar": 0.01 if trainer.qar_weight > 0 else 0.0}
@@ -60,9 +62,12 @@ CHECK = """
         def teacher_logits(images):  # one separate call per sample
             with torch.no_grad():
                 return torch.cat([trainer.teacher(images[i:i + 1]).float() for i in range(images.shape[0])])
+        all_at_once = getattr(trainer, "mirror_agreement_images", "each") == "all_at_once"
+        groups = [axes] if all_at_once else [[a] for a in axes]
         if args[0] == "average":
             probs = [torch.softmax(teacher_logits(view_teacher), 1)] + [
-                torch.softmax(teacher_logits(view_teacher.flip([a + 2])), 1).flip([a + 2]) for a in axes]
+                torch.softmax(teacher_logits(view_teacher.flip([a + 2 for a in g])), 1).flip([a + 2 for a in g])
+                for g in groups]
             expected_channels = torch.stack(probs).mean(0).argmax(1)
         else:
             expected_channels = teacher_logits(view_teacher).argmax(1)
@@ -73,12 +78,12 @@ CHECK = """
             with torch.no_grad():
                 expected_q = g(view_teacher, pseudo.mask).float().mean(1)
         else:  # PL-QW as shipped: the teacher's mirror agreement on ITS view, by the voxelwise reference
-            mirrored = [np.flip(teacher_logits(view_teacher.flip([a + 2])).argmax(1).numpy(), a + 1) for a in axes]
+            mirrored = reference_mirrored(teacher_logits, view_teacher, axes, all_at_once)
             if args[0] == "average":  # the mirrored predictions scored against the averaged pseudo-label
                 expected_q = torch.from_numpy(reference_agreement(expected_channels.numpy(), mirrored, labels, True))
             else:
-                expected_q = torch.from_numpy(reference_of(teacher_logits, view_teacher, axes, labels,
-                                                           args[0] != "skip"))
+                expected_q = torch.from_numpy(reference_agreement(expected_channels.numpy(), mirrored, labels,
+                                                                  args[0] != "skip"))
             assert len(axes) == 3  # the phantom is 3D
         expected_q = expected_q.float()
         assert torch.allclose(pseudo.quality if pseudo.quality is not None else expected_q, expected_q, atol=1e-5)
@@ -106,7 +111,8 @@ CHECK = """
 """.replace("TESTS", repr(str(REPO / "tests")))
 JOBS = [("nnUNetTrainerMeanTeacher_debug", "shipped"), ("nnUNetTrainerQGSSL_debug", "shipped"),
         ("nnUNetTrainerMTQW_debug", "shipped"), ("nnUNetTrainerQGSSL_PLQW_debug", "shipped"),
-        ("nnUNetTrainerQGSSL_PLQW_debug", "skip"), ("nnUNetTrainerQGSSL_PLQW_debug", "average")]
+        ("nnUNetTrainerQGSSL_PLQW_debug", "skip"), ("nnUNetTrainerQGSSL_PLQW_debug", "average"),
+        ("nnUNetTrainerQGSSL_PLQW_debug", "each"), ("nnUNetTrainerQGSSL_PLQW_debug", "all_at_once")]
 
 
 checked = trainer_checks_fixture(CHECK, [(t, PHANTOM_DATASET, option) for t, option in JOBS], "teacher_checks")

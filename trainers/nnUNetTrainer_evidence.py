@@ -113,14 +113,24 @@ class nnUNetTrainerQGSSL_PLQWfg33_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
         self.unlabeled_oversample_foreground_percent = 0.33
 
 
-class nnUNetTrainerQGSSL_PLQWlean_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
-    """pl_mirror_lean: PL-QW as shipped after the lean step (issue #33: no g, the mirror passes in one teacher call
-    before the student's pass, argmax of the logits), the same class as pl_mirror under a name of its own, so its
-    runs pair with the ledger's pl_mirror runs (trained before the change)."""
+class EachAxisMirror:
+    """The mirror agreement against one mirror image per axis (mirror_agreement_images "each", the default until
+    issue #33 measured "all_at_once"): the lean step's arms keep what their ledger rows trained."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.mirror_agreement_images = "each"
 
 
-class nnUNetTrainerQGSSL_PLQWmirrorAverage_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
-    """pl_mirror_average: PL-QW as shipped with the pseudo-label taken from the teacher's predictions of the patch
+class nnUNetTrainerQGSSL_PLQWlean_evidence(EachAxisMirror, nnUNetTrainerQGSSL_PLQW_evidence):
+    """pl_mirror_lean: PL-QW after the lean step (issue #33: no g, the teacher's part before the student's pass,
+    argmax of the logits) with a mirror image per axis, as pl_mirror trained before the change, so its runs pair
+    with pl_mirror runs of the old code; the reference of the lean step's options."""
+
+
+class nnUNetTrainerQGSSL_PLQWmirrorAverage_evidence(EachAxisMirror, nnUNetTrainerQGSSL_PLQW_evidence):
+    """pl_mirror_average: pl_mirror_lean with the pseudo-label taken from the teacher's predictions of the patch
     and its mirror images averaged (pseudo_label_mirror_average; default: the plain prediction's argmax)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -129,8 +139,8 @@ class nnUNetTrainerQGSSL_PLQWmirrorAverage_evidence(nnUNetTrainerQGSSL_PLQW_evid
         self.pseudo_label_mirror_average = True
 
 
-class nnUNetTrainerQGSSL_PLQWskipAbsent_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
-    """pl_mirror_skip_absent: PL-QW as shipped, its mirror agreement over the labels found in the pseudo-label or a
+class nnUNetTrainerQGSSL_PLQWskipAbsent_evidence(EachAxisMirror, nnUNetTrainerQGSSL_PLQW_evidence):
+    """pl_mirror_skip_absent: pl_mirror_lean with its mirror agreement over the labels found in the pseudo-label or a
     mirrored prediction only, background-only patches at the batch's mean weight (mirror_absent_labels "skip";
     default "agree": absent labels agree, so background-only patches score 1 and weigh most)."""
 
@@ -141,8 +151,9 @@ class nnUNetTrainerQGSSL_PLQWskipAbsent_evidence(nnUNetTrainerQGSSL_PLQW_evidenc
 
 
 class nnUNetTrainerQGSSL_PLQWflipAll_evidence(nnUNetTrainerQGSSL_PLQW_evidence):
-    """pl_mirror_flip_all: PL-QW as shipped, its mirror agreement against one mirror image flipped along every axis
-    at once (mirror_agreement_images "all_at_once": one teacher pass instead of one per axis)."""
+    """pl_mirror_flip_all: PL-QW, its mirror agreement against one mirror image flipped along every axis at once
+    (mirror_agreement_images "all_at_once": one teacher pass instead of one per axis), the default since its
+    measurement (issue #33): the same training as pl_mirror today, under the name its ledger rows carry."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

@@ -9,7 +9,9 @@ from scipy import stats
 from nnunet_qg.benchmark.profiles import ARMS, LOWER_BOUND
 from nnunet_qg.plotting import plt, save_figure
 
-REFERENCES = {"minus_supervised": LOWER_BOUND, "minus_unweighted": "unweighted_pl", "minus_pl_mirror": "pl_mirror"}
+# the lean step's options (issue #33) are judged against pl_mirror_lean, the lean step with its defaults
+REFERENCES = {"minus_supervised": LOWER_BOUND, "minus_unweighted": "unweighted_pl", "minus_pl_mirror": "pl_mirror",
+              "minus_pl_mirror_lean": "pl_mirror_lean"}
 
 
 def mean_with_interval(differences: List[float]) -> Dict[str, object]:
