@@ -359,7 +359,7 @@ class nnUNetTrainerQGSSL(nnUNetTrainerQGWarmup):
         self.mirror_absent_labels = "agree"
         # the mirror images the agreement compares with: "all_at_once" = one image mirrored along every axis (one
         # teacher pass in all); "each" = one per mirror axis (one teacher pass each). "all_at_once" since issue
-        # #33: on 3 paired evidence seeds +0.008 [-0.007, +0.022] against "each", at 0.7-0.8x its step time
+        # #33: on 3 paired evidence seeds +0.008 [-0.007, +0.022] against "each", at 0.81-0.89x its step time
         self.mirror_agreement_images = "all_at_once"
         # not the paper's (nnUNetTrainerQGSSL_gFrozen is): after the warm-up g still takes one step
         # every 2nd iteration on the labelled batch, so it follows the network's improving predictions.
