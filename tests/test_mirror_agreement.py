@@ -44,13 +44,16 @@ def agreement_of(logits_of: Callable[[torch.Tensor], torch.Tensor], images: torc
     return mirror_agreement(one_hot(logits), [one_hot(m) for m in mirrored], absent_labels_agree)
 
 
+def reference_groups(axes: Sequence[int], all_at_once: bool = False) -> List[List[int]]:
+    """The spatial axes each mirror image flips: one image per axis, or one flipped along every axis."""
+    return [list(axes)] if all_at_once and len(axes) else [[a] for a in axes]
+
+
 def reference_mirrored(logits_of, images: torch.Tensor, axes: Sequence[int], all_at_once: bool = False
                        ) -> List[np.ndarray]:
-    """Label maps of the mirror images (one per axis, or one flipped along every axis), each from its own call
-    and mirrored back with numpy."""
-    groups = [list(axes)] if all_at_once and len(axes) else [[a] for a in axes]
+    """Label maps of the mirror images (reference_groups), each from its own call and mirrored back with numpy."""
     return [np.flip(logits_of(images.flip([a + 2 for a in g])).argmax(1).numpy(), [a + 1 for a in g])
-            for g in groups]
+            for g in reference_groups(axes, all_at_once)]
 
 
 def reference_of(logits_of, images: torch.Tensor, axes: Sequence[int], labels: List[int],

@@ -22,7 +22,7 @@ CHECK = """
     import sys
     sys.path.insert(0, TESTS)
     import numpy as np
-    from test_mirror_agreement import reference_agreement, reference_mirrored, reference_of
+    from test_mirror_agreement import reference_agreement, reference_groups, reference_mirrored
     from nnunet_qg.networks import highest_resolution, unwrap_network
     from nnunet_qg.ssl_losses import neutral_weights, quality_weights
     torch.manual_seed(0)
@@ -62,12 +62,11 @@ CHECK = """
         def teacher_logits(images):  # one separate call per sample
             with torch.no_grad():
                 return torch.cat([trainer.teacher(images[i:i + 1]).float() for i in range(images.shape[0])])
-        all_at_once = getattr(trainer, "mirror_agreement_images", "each") == "all_at_once"
-        groups = [axes] if all_at_once else [[a] for a in axes]
+        all_at_once = trainer.mirror_agreement_images == "all_at_once"
         if args[0] == "average":
             probs = [torch.softmax(teacher_logits(view_teacher), 1)] + [
                 torch.softmax(teacher_logits(view_teacher.flip([a + 2 for a in g])), 1).flip([a + 2 for a in g])
-                for g in groups]
+                for g in reference_groups(axes, all_at_once)]
             expected_channels = torch.stack(probs).mean(0).argmax(1)
         else:
             expected_channels = teacher_logits(view_teacher).argmax(1)
@@ -78,12 +77,10 @@ CHECK = """
             with torch.no_grad():
                 expected_q = g(view_teacher, pseudo.mask).float().mean(1)
         else:  # PL-QW as shipped: the teacher's mirror agreement on ITS view, by the voxelwise reference
+            # the mirrored predictions against the pseudo-label (the averaged one with "average")
             mirrored = reference_mirrored(teacher_logits, view_teacher, axes, all_at_once)
-            if args[0] == "average":  # the mirrored predictions scored against the averaged pseudo-label
-                expected_q = torch.from_numpy(reference_agreement(expected_channels.numpy(), mirrored, labels, True))
-            else:
-                expected_q = torch.from_numpy(reference_agreement(expected_channels.numpy(), mirrored, labels,
-                                                                  args[0] != "skip"))
+            expected_q = torch.from_numpy(reference_agreement(expected_channels.numpy(), mirrored, labels,
+                                                              args[0] != "skip"))
             assert len(axes) == 3  # the phantom is 3D
         expected_q = expected_q.float()
         assert torch.allclose(pseudo.quality if pseudo.quality is not None else expected_q, expected_q, atol=1e-5)
