@@ -29,6 +29,12 @@ class EvidenceBudget(ShortSchedule):
     short_save_every = 5
     short_batch_size = 4
 
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """Skipped: the protocol scores the held-out test cases with checkpoint_final (saved before this runs);
+        nnU-Net's validation of fold `all` would predict the run's own training cases (an offline arm's 100-200
+        pseudo-labelled cases: 5-10 minutes on 2 cores, read by nothing)."""
+        self.print_to_log_file("Final validation skipped (evidence budget: the benchmark scores the test cases)")
+
 
 class nnUNetTrainer_evidence(EvidenceBudget, SeededTraining, nnUNetTrainer):
     """supervised (few labels) and full_supervision (the whole pool labelled)."""
