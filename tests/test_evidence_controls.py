@@ -1,6 +1,7 @@
 """The evidence protocol's control arms: each changes only PL-QW's weight, and withheld labels reach
 nothing but that weight (and g's logged agreement), only in benchmark trainers."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -169,6 +170,8 @@ def test_evidence_tiny_profile_end_to_end(tmp_path):
     for run in runs:
         checkpoint = torch.load(f"{run['model_folder']}/checkpoint_final.pth", map_location="cpu", weights_only=False)
         log = checkpoint["logging"]
+        # nnU-Net's final validation of fold all (the run's own training cases) is skipped: the test cases score it
+        assert not os.path.exists(f"{run['model_folder']}/validation"), run["model_folder"]
         if run["arm"] == "offline_pl_gated":  # retrained on the labelled case + the better half of the 4 unlabelled
             assert f"Dataset{760 + 20 + 10 + run['seed']}_HippocampusSelfTrain1" in run["model_folder"]
             assert run["offline"]["kept"] == 2 and run["offline"]["cases"] == 4

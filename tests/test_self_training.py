@@ -1,16 +1,19 @@
 """`nnUNetv2_qg_self_train` (offline self-training): the gate, the dataset it writes, its refusals (fast tier), and
 the command end to end through stock nnU-Net, killed and continued (full tier)."""
 import json
+import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import PHANTOM_DATASET, PHANTOM_ID, kill_after_first_checkpoint, run_cli
+from conftest import PHANTOM_DATASET, PHANTOM_ID, REPO, kill_after_first_checkpoint, run_cli
 from nnunet_qg.self_training import SOURCE_MARKER, case_quality, gate, write_self_training_dataset
 
 TRAINER = "nnUNetTrainer_benchTiny"  # 2 epochs x 3 iterations, a checkpoint every epoch
@@ -160,3 +163,38 @@ def test_self_training_end_to_end_killed_and_continued(phantom_copy, tmp_path):
     # another recipe in the same -o is refused
     _refused(subprocess.run(cmd[:-2] + ["--keep-fraction", "0.25"], env=env, capture_output=True, text=True),
              "holds a self-training run with other settings")
+
+
+def test_offline_pseudo_label_truth_judges_kept_and_dropped(tmp_path):
+    """benchmarks/offline_pseudo_label_truth.py on a run laid out as nnUNetv2_qg_self_train writes it: two kept
+    pseudo-labels equal to the truth, two dropped ones empty, the gate's score ordered like the truth; a missing
+    true label is refused with the file named."""
+    env = {k: v for k, v in os.environ.items() if k != "nnUNet_raw"}  # the dataset is found beside the run
+    work = tmp_path / "work"
+    run = work / "self_training" / "run"
+    pseudo, truth = run / "round_1" / "pseudo_labels", tmp_path / "truth"
+    kept_folder = work / "nnUNet_raw" / "Dataset999_PhantomSelfTrain1" / "labelsTr"
+    for folder in (pseudo, truth, kept_folder):
+        folder.mkdir(parents=True)
+    label = np.zeros((4, 8, 8), np.uint8)
+    label[1:3, 2:5, 2:5], label[1:3, 5:7, 5:7] = 1, 2
+    cases = []
+    for i, (kept, score) in enumerate([(True, 0.9), (True, 0.8), (False, 0.4), (False, 0.3)]):
+        name = f"case_{i}"
+        sitk.WriteImage(sitk.GetImageFromArray(label), str(truth / f"{name}.nii.gz"))
+        sitk.WriteImage(sitk.GetImageFromArray(label if kept else np.zeros_like(label)), str(pseudo / f"{name}.nii.gz"))
+        if kept:
+            shutil.copy(pseudo / f"{name}.nii.gz", kept_folder / f"{name}.nii.gz")
+        cases.append({"case": name, "labels": {"1": {}, "2": {}}, "worst_predicted_dice": score})
+    (pseudo / "quality.json").write_text(json.dumps({"cases": cases}))
+    (run / "self_training.json").write_text(json.dumps({"rounds": {"1": {"dataset": "Dataset999_PhantomSelfTrain1"}}}))
+    script = [sys.executable, str(REPO / "benchmarks" / "offline_pseudo_label_truth.py"), "--runs", str(run)]
+    out = tmp_path / "truth.json"
+    run_cli(script + ["--labels", str(truth), "--json", str(out)], env)
+    row = json.loads(out.read_text())["runs"][0]
+    assert (row["cases"], row["kept"]) == (4, 2)
+    assert row["true_dice_kept"] == 1.0 and row["true_dice_dropped"] == 0.0 and row["true_dice_all"] == 0.5
+    assert row["kept_in_true_top_half"] == 1.0 and row["pearson_gate_vs_true_worst"] > 0.8
+    (truth / "case_3.nii.gz").unlink()
+    proc = run_cli(script + ["--labels", str(truth), "--json", str(out)], env, check=False)
+    assert proc.returncode != 0 and "case_3.nii.gz" in proc.stderr and "Traceback" not in proc.stderr
