@@ -4,8 +4,7 @@
 
 Each OUT is the `-o` folder of one `nnUNetv2_qg_self_train` run (the evidence benchmark's offline arms write
 theirs to <work>/self_training/<labelled set>_r<seed>_<arm>); LABELS_FOLDER holds the true label files of the
-unlabelled cases (for the shared Hippocampus copy: its labelsTr); the dataset each run wrote is read beside the
-run in a benchmark's work folder, else in nnUNet_raw. For round 1 of each run: the true Dice of
+unlabelled cases (for the shared Hippocampus copy: its labelsTr). For round 1 of each run: the true Dice of
 every pseudo-label (mean over the foreground labels, METHOD.md's convention for empty structures), of the cases
 the run kept and of those it dropped, and how well the gate's score (the estimated Dice of each case's worst
 label) ranks the cases (Pearson against the true worst-label Dice, Spearman against the mean). Only reads; prints
@@ -26,6 +25,7 @@ sys.path.insert(0, dirname(abspath(__file__)))
 from common import print_table, write_json  # noqa: E402
 
 from nnunet_qg.quality.dice import dice_per_label  # noqa: E402
+from nnunet_qg.self_training import case_quality, gate  # noqa: E402
 
 
 def read_labels(path: str) -> np.ndarray:
@@ -33,23 +33,17 @@ def read_labels(path: str) -> np.ndarray:
 
 
 def judge_run(run: str, labels_folder: str) -> Dict[str, object]:
-    """Round 1 of one self-training run against the true labels."""
+    """Round 1 of one self-training run against the true labels; the kept cases are the run's own gate's choice
+    (nnunet_qg.self_training.gate with the recipe in self_training.json)."""
     with open(join(run, "self_training.json")) as f:
-        state = json.load(f)
-    round_1 = state["rounds"]["1"]
+        recipe = json.load(f)["recipe"]
     pseudo = join(run, "round_1", "pseudo_labels")
     with open(join(pseudo, "quality.json")) as f:
         quality = json.load(f)
-    # the written dataset: beside the run in a benchmark's work folder, else in nnUNet_raw
-    candidates = [join(root, round_1["dataset"], "labelsTr") for root in
-                  (join(dirname(dirname(run)), "nnUNet_raw"), os.environ.get("nnUNet_raw", "")) if root]
-    written = next((c for c in candidates if isdir(c)), None)
-    if written is None:
-        raise SystemExit(f"ERROR: the dataset {round_1['dataset']} that {run} wrote is in none of {candidates}; set "
-                         f"nnUNet_raw to the folder that holds it")
+    estimate = case_quality(join(pseudo, "quality.json"))
+    kept_cases = set(gate(estimate, recipe.get("min_quality"), recipe.get("keep_fraction")))
     ending = quality.get("file_ending", ".nii.gz")
-    kept_cases = {f[:-len(ending)] for f in os.listdir(written) if f.endswith(ending)}
-    kept, estimate, mean_true, worst_true = [], [], [], []
+    kept, mean_true, worst_true = [], [], []
     for case in quality["cases"]:
         truth_file = join(labels_folder, case["case"] + ending)
         if not isfile(truth_file):
@@ -58,17 +52,17 @@ def judge_run(run: str, labels_folder: str) -> Dict[str, object]:
         labels = sorted(int(k) for k in case["labels"])
         dice = dice_per_label(read_labels(join(pseudo, case["case"] + ending)), read_labels(truth_file), labels)
         kept.append(case["case"] in kept_cases)
-        estimate.append(case["worst_predicted_dice"])
         mean_true.append(float(dice.mean()))
         worst_true.append(float(dice.min()))
-    kept, estimate, mean_true, worst_true = map(np.asarray, (kept, estimate, mean_true, worst_true))
+    kept, mean_true, worst_true = map(np.asarray, (kept, mean_true, worst_true))
+    scores = np.asarray([estimate[case["case"]] for case in quality["cases"]])
     return {"run": run, "cases": int(len(kept)), "kept": int(kept.sum()),
             "true_dice_all": float(mean_true.mean()),
             "true_dice_kept": float(mean_true[kept].mean()) if kept.any() else None,
             "true_dice_dropped": float(mean_true[~kept].mean()) if (~kept).any() else None,
             "kept_in_true_top_half": float(np.mean(mean_true[kept] >= np.median(mean_true))) if kept.any() else None,
-            "pearson_gate_vs_true_worst": float(stats.pearsonr(estimate, worst_true)[0]),
-            "spearman_gate_vs_true_mean": float(stats.spearmanr(estimate, mean_true)[0])}
+            "pearson_gate_vs_true_worst": float(stats.pearsonr(scores, worst_true)[0]),
+            "spearman_gate_vs_true_mean": float(stats.spearmanr(scores, mean_true)[0])}
 
 
 def main(argv: Optional[List[str]] = None) -> None:

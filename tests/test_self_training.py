@@ -166,15 +166,12 @@ def test_self_training_end_to_end_killed_and_continued(phantom_copy, tmp_path):
 
 
 def test_offline_pseudo_label_truth_judges_kept_and_dropped(tmp_path):
-    """benchmarks/offline_pseudo_label_truth.py on a run laid out as nnUNetv2_qg_self_train writes it: two kept
-    pseudo-labels equal to the truth, two dropped ones empty, the gate's score ordered like the truth; a missing
+    """benchmarks/offline_pseudo_label_truth.py on a run laid out as nnUNetv2_qg_self_train writes it: the two
+    pseudo-labels its gate keeps equal to the truth, the two it drops empty, the gate's score ordered like the truth; a missing
     true label is refused with the file named."""
-    env = {k: v for k, v in os.environ.items() if k != "nnUNet_raw"}  # the dataset is found beside the run
-    work = tmp_path / "work"
-    run = work / "self_training" / "run"
+    run = tmp_path / "run"
     pseudo, truth = run / "round_1" / "pseudo_labels", tmp_path / "truth"
-    kept_folder = work / "nnUNet_raw" / "Dataset999_PhantomSelfTrain1" / "labelsTr"
-    for folder in (pseudo, truth, kept_folder):
+    for folder in (pseudo, truth):
         folder.mkdir(parents=True)
     label = np.zeros((4, 8, 8), np.uint8)
     label[1:3, 2:5, 2:5], label[1:3, 5:7, 5:7] = 1, 2
@@ -183,18 +180,17 @@ def test_offline_pseudo_label_truth_judges_kept_and_dropped(tmp_path):
         name = f"case_{i}"
         sitk.WriteImage(sitk.GetImageFromArray(label), str(truth / f"{name}.nii.gz"))
         sitk.WriteImage(sitk.GetImageFromArray(label if kept else np.zeros_like(label)), str(pseudo / f"{name}.nii.gz"))
-        if kept:
-            shutil.copy(pseudo / f"{name}.nii.gz", kept_folder / f"{name}.nii.gz")
         cases.append({"case": name, "labels": {"1": {}, "2": {}}, "worst_predicted_dice": score})
     (pseudo / "quality.json").write_text(json.dumps({"cases": cases}))
-    (run / "self_training.json").write_text(json.dumps({"rounds": {"1": {"dataset": "Dataset999_PhantomSelfTrain1"}}}))
+    # the gate keeps the better half: the two scored highest
+    (run / "self_training.json").write_text(json.dumps({"recipe": {"min_quality": None, "keep_fraction": 0.5}}))
     script = [sys.executable, str(REPO / "benchmarks" / "offline_pseudo_label_truth.py"), "--runs", str(run)]
     out = tmp_path / "truth.json"
-    run_cli(script + ["--labels", str(truth), "--json", str(out)], env)
+    run_cli(script + ["--labels", str(truth), "--json", str(out)], dict(os.environ))
     row = json.loads(out.read_text())["runs"][0]
     assert (row["cases"], row["kept"]) == (4, 2)
     assert row["true_dice_kept"] == 1.0 and row["true_dice_dropped"] == 0.0 and row["true_dice_all"] == 0.5
     assert row["kept_in_true_top_half"] == 1.0 and row["pearson_gate_vs_true_worst"] > 0.8
     (truth / "case_3.nii.gz").unlink()
-    proc = run_cli(script + ["--labels", str(truth), "--json", str(out)], env, check=False)
+    proc = run_cli(script + ["--labels", str(truth), "--json", str(out)], dict(os.environ), check=False)
     assert proc.returncode != 0 and "case_3.nii.gz" in proc.stderr and "Traceback" not in proc.stderr
