@@ -3,9 +3,11 @@
 `trainers/`, `dataset_conversion/` and `experiments/` live at the top of the repository but install as
 `nnunet_qg.trainers`, `nnunet_qg.dataset_conversion` and `nnunet_qg.experiments`, so site-packages gets
 no generic top-level names. A small `nnunet_qg_ext_trainer.pth` file registers our trainer folder in
-nnU-Net's `nnUNet_extTrainer` variable at interpreter start (appending to a user's value).
+nnU-Net's `nnUNet_extTrainer` variable at interpreter start (appending to a user's value). The commit of the
+tree built is recorded in the package (nnunet_qg/source_commit.py), so benchmark rows name the code that ran.
 """
 import os
+import runpy
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
@@ -14,17 +16,31 @@ PTH_NAME = "nnunet_qg_ext_trainer.pth"
 PTH_LINE = "import nnunet_qg.ext_trainer_path as _q; _q.register_ext_trainer_path()\n"
 
 
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE_COMMIT = runpy.run_path(os.path.join(HERE, "nnunet_qg", "source_commit.py"))
+
+
 class build_py_with_pth(build_py):
-    """Also place the .pth start-up hook at the root of the built package tree."""
+    """Also place the .pth start-up hook at the root of the built package tree, and the commit of the tree built
+    (where it is a git checkout) in the package."""
 
     def run(self):
         super().run()
         target = os.path.join(self.build_lib, PTH_NAME)
         with open(target, "w") as f:
             f.write(PTH_LINE)
+        commit = SOURCE_COMMIT["git_commit"](HERE)
+        recorded = os.path.join(self.build_lib, "nnunet_qg", SOURCE_COMMIT["RECORDED_FILE"])
+        if commit:
+            with open(recorded, "w") as f:
+                f.write(commit + "\n")
+        elif os.path.isfile(recorded):  # a stale build folder's
+            os.remove(recorded)
 
     def get_outputs(self, include_bytecode=1):
-        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH_NAME)]
+        recorded = os.path.join(self.build_lib, "nnunet_qg", SOURCE_COMMIT["RECORDED_FILE"])
+        return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH_NAME)] + \
+            ([recorded] if os.path.isfile(recorded) else [])
 
 
 setup(

@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, dirname(abspath(__file__)))
 from common import device_description, print_table, write_json  # noqa: E402
 
-from nnunet_qg.benchmark.paired import source_commit  # noqa: E402
+from nnunet_qg.source_commit import source_commit  # noqa: E402
 from nnunet_qg.quality.dice import dice_per_label  # noqa: E402
 from nnunet_qg.quality.metrics import agreement, detection_auroc, finite_mean  # noqa: E402
 

@@ -20,7 +20,7 @@ from common import print_table, write_json
 
 from nnunet_qg import pipeline
 from nnunet_qg.benchmark.device import describe_device
-from nnunet_qg.benchmark.paired import source_commit
+from nnunet_qg.source_commit import source_commit
 from nnunet_qg.plotting import plt, save_figure
 
 TRAINER = "nnUNetTrainer_evidenceCurve"

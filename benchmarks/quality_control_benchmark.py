@@ -30,7 +30,7 @@ import torch
 
 from nnunet_qg.atomic import atomic_path, atomic_write_json  # noqa: E402
 from nnunet_qg.benchmark.device import describe_device  # noqa: E402
-from nnunet_qg.benchmark.paired import source_commit  # noqa: E402
+from nnunet_qg.source_commit import source_commit  # noqa: E402
 from nnunet_qg.plotting import plt, save_figure  # noqa: E402
 from nnunet_qg.quality.dice import dice_per_label  # noqa: E402
 from nnunet_qg.quality.metrics import agreement_per_label, detection_auroc, finite_mean  # noqa: E402

@@ -209,7 +209,7 @@ def update_summary(path: str, configuration: str, dataset: str, device: str, ite
     from datetime import date
 
     from nnunet_qg.atomic import atomic_write_json
-    from nnunet_qg.benchmark.paired import source_commit
+    from nnunet_qg.source_commit import source_commit
 
     summary = {}
     if os.path.isfile(path):

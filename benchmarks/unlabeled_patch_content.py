@@ -163,7 +163,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     work = abspath(args.work)
     env = nnunet_environment(work)
     from nnunet_qg.benchmark.device import describe_device
-    from nnunet_qg.benchmark.paired import source_commit
+    from nnunet_qg.source_commit import source_commit
 
     datasets = [LARGE_FOV_ID]
     prepare_large_fov(env, work)

@@ -25,12 +25,12 @@ from nnunet_qg.atomic import atomic_write_json, atomic_write_text
 from nnunet_qg.benchmark.device import describe_device
 from nnunet_qg.benchmark.ledger import add_to_ledger, ledger_key, ledger_rows
 from nnunet_qg.benchmark.profiles import ARMS, GENERATED_SPLITS, PROFILES, UPPER_BOUND, Profile
-from nnunet_qg.benchmark.paired import (diagnostics, diagnostics_table, paired_summary, paired_table, plot_paired,
-                                        source_commit)
+from nnunet_qg.benchmark.paired import diagnostics, diagnostics_table, paired_summary, paired_table, plot_paired
 from nnunet_qg.benchmark.report import markdown_table, plot_bars, plot_curves, summarise
 from nnunet_qg.benchmark.runner import Job, dataset_ids, prepare_datasets, read_training_log, run_jobs
 from nnunet_qg.dataset_conversion.input_checks import count, dataset_id, positive_count, seed
 from nnunet_qg.dataset_conversion.ssl_dataset import write_split_file
+from nnunet_qg.source_commit import source_commit
 
 
 def source_case_ids(source_format: str, folder: str) -> List[str]:

@@ -1,5 +1,4 @@
 """Paired comparison of benchmark arms over seeds: mean difference with a 95 % t-interval, table, plot."""
-import subprocess
 import textwrap
 from typing import Dict, List, Optional
 
@@ -130,15 +129,3 @@ def plot_paired(summary: dict, filename: str, title: str) -> None:
         fig.suptitle("\n".join(wrapped), fontsize=9)
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.16 * len(wrapped) / fig.get_figheight()))
         save_figure(fig, filename, dpi=100)
-
-
-def source_commit() -> str:
-    """The git commit of the working directory (with '-dirty' if it has changes), or 'unknown'."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True).stdout.strip()
-        return commit + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
