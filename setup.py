@@ -30,15 +30,18 @@ class build_py_with_pth(build_py):
         with open(target, "w") as f:
             f.write(PTH_LINE)
         commit = SOURCE_COMMIT["git_commit"](HERE)
-        recorded = os.path.join(self.build_lib, "nnunet_qg", SOURCE_COMMIT["RECORDED_FILE"])
+        recorded = self.recorded_commit_file()
         if commit:
             with open(recorded, "w") as f:
                 f.write(commit + "\n")
         elif os.path.isfile(recorded):  # a stale build folder's
             os.remove(recorded)
 
+    def recorded_commit_file(self) -> str:
+        return os.path.join(self.build_lib, "nnunet_qg", SOURCE_COMMIT["RECORDED_FILE"])
+
     def get_outputs(self, include_bytecode=1):
-        recorded = os.path.join(self.build_lib, "nnunet_qg", SOURCE_COMMIT["RECORDED_FILE"])
+        recorded = self.recorded_commit_file()
         return super().get_outputs(include_bytecode) + [os.path.join(self.build_lib, PTH_NAME)] + \
             ([recorded] if os.path.isfile(recorded) else [])
 

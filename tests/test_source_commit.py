@@ -19,9 +19,10 @@ def _head(folder: str) -> str:
 
 
 def _checkout_or_skip() -> str:
-    if git_commit(REPO) is None:
+    commit = git_commit(REPO)
+    if commit is None:
         pytest.skip(f"{REPO} is not a git checkout (an unpacked source archive): no commit to record")
-    return git_commit(REPO)
+    return commit
 
 
 def test_git_commit_only_at_the_top_of_a_checkout(tmp_path):
