@@ -110,6 +110,10 @@ def read_training_log(fold_folder: str) -> dict:
         values = [v for v in logging.get(key, []) if v is not None and np.isfinite(v)]
         if values:
             out[key.replace("qg_val_", "g_last_")] = float(values[-1])
+    self_training = join(fold_folder, "self_training_cases.json")  # the in-run self-training trainers' record
+    if isfile(self_training):
+        with open(self_training) as f:
+            out["self_training"] = json.load(f)["summary"]
     warmup = join(fold_folder, "quality_warmup_metrics.json")
     if isfile(warmup):
         with open(warmup) as f:

@@ -105,6 +105,42 @@ def read_probabilities(npz_file: str, segmentation: np.ndarray, num_classes: int
     return probabilities
 
 
+@torch.inference_mode()
+def predict_members(predictor, data: np.ndarray, mirrors: Sequence[tuple], patch_ndim: int, all_labels: Sequence[int],
+                    parameter_sets: Optional[Sequence[dict]] = None):
+    """The mean logits of a preprocessed case over every (parameter set, mirror) member and each member's label
+    map: nnU-Net's predictor (`use_mirroring=False`; the mirrors are done here, on the whole case), its
+    network as it is when `parameter_sets` is None (a trainer's live network)."""
+    network = getattr(predictor.network, "_orig_mod", predictor.network)
+    offset = data.ndim - patch_ndim  # (C, Z, X, Y) with 2D patches: mirror X, Y
+    values = np.asarray(all_labels, dtype=np.uint8 if max(all_labels) < 256 else np.int16)
+    x = torch.from_numpy(data)
+    total, members = None, []
+    for params in (parameter_sets if parameter_sets is not None else [None]):
+        if params is not None:
+            network.load_state_dict(params)
+        for mirror in mirrors:
+            dims = [a + offset for a in mirror]
+            logits = predictor.predict_sliding_window_return_logits(torch.flip(x, dims) if dims else x).float().cpu()
+            if dims:
+                logits = torch.flip(logits, dims)
+            members.append(values[logits.argmax(0).numpy()])
+            total = logits if total is None else total.add_(logits)
+    return total / len(members), members
+
+
+def estimate_preprocessed(logits: torch.Tensor, members: Sequence[np.ndarray], labels: Sequence[int],
+                          all_labels: Sequence[int]) -> np.ndarray:
+    """The default estimator's raw score per label of the prediction (argmax of the mean `logits`), from
+    predict_members' output, in the preprocessed space (the fallback estimator with a single member)."""
+    values = np.asarray(all_labels, dtype=np.int16)
+    segmentation = values[logits.argmax(0).numpy()]
+    signals = {SELF_ESTIMATE: expected_dice(segmentation, torch.softmax(logits, 0).numpy(), labels, all_labels)}
+    if len(members) >= 2:
+        signals[TTA_AGREEMENT] = mean_agreement(members, segmentation, labels)
+    return combine(signals, DEFAULT_ESTIMATOR if len(members) >= 2 else FALLBACK_ESTIMATOR)
+
+
 class QualitySignals:
     """Predicts cases with a trained model folder (nnU-Net's predictor) and computes the quality signals of
     a segmentation: the model's own prediction, or one given as a label map."""
@@ -140,26 +176,11 @@ class QualitySignals:
             out.add(G)
         return out
 
-    @torch.inference_mode()
     def predict_members(self, data: np.ndarray):
         """The mean logits over every (fold, mirror) member (what nnU-Net's predictor returns) and each
         member's label map, in the preprocessed space."""
-        network = getattr(self.predictor.network, "_orig_mod", self.predictor.network)
-        offset = data.ndim - len(self.scorer.patch_size)  # (C, Z, X, Y) with 2D patches: mirror X, Y
-        values = np.asarray(self.all_labels, dtype=np.uint8 if max(self.all_labels) < 256 else np.int16)
-        x = torch.from_numpy(data)
-        total, members = None, []
-        for params in self.predictor.list_of_parameters:
-            network.load_state_dict(params)
-            for mirror in self.mirrors:
-                dims = [a + offset for a in mirror]
-                logits = self.predictor.predict_sliding_window_return_logits(
-                    torch.flip(x, dims) if dims else x).float().cpu()
-                if dims:
-                    logits = torch.flip(logits, dims)
-                members.append(values[logits.argmax(0).numpy()])
-                total = logits if total is None else total.add_(logits)
-        return total / len(members), members
+        return predict_members(self.predictor, data, self.mirrors, len(self.scorer.patch_size), self.all_labels,
+                               self.predictor.list_of_parameters)
 
     def to_original(self, logits: torch.Tensor, properties: dict):
         """nnU-Net's export: segmentation and probabilities in the case's original space."""
