@@ -86,7 +86,8 @@ class nnUNetTrainerSelfTrain(CheckpointExtras, nnUNetTrainer):
     # ------------------------------------------------------------------ set-up
     @property
     def preprocessed_unlabeled_folder(self) -> str:
-        return preprocessed_unlabeled_folder(self.plans_manager.dataset_name, self.configuration_manager.data_identifier)
+        return preprocessed_unlabeled_folder(self.plans_manager.dataset_name,
+                                             self.configuration_manager.data_identifier)
 
     @property
     def pseudo_label_folder(self) -> str:
@@ -102,7 +103,8 @@ class nnUNetTrainerSelfTrain(CheckpointExtras, nnUNetTrainer):
 
     def check_unlabeled_data(self) -> List[str]:
         """The preprocessed unlabelled cases; a clear error if missing, stale or leaking labels."""
-        labeled = infer_dataset_class(self.preprocessed_dataset_folder).get_identifiers(self.preprocessed_dataset_folder)
+        folder = self.preprocessed_dataset_folder
+        labeled = infer_dataset_class(folder).get_identifiers(folder)
         return check_preprocessed_unlabeled(self.plans_manager.dataset_name, self.configuration_name,
                                             self.plans_manager.plans, self.dataset_json,
                                             self.configuration_manager.data_identifier, labeled)
@@ -178,8 +180,8 @@ class nnUNetTrainerSelfTrain(CheckpointExtras, nnUNetTrainer):
         self.set_deep_supervision_enabled(False)
         self.network.eval()
         predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                    perform_everything_on_device=True, device=self.device, verbose=False,
-                                    verbose_preprocessing=False, allow_tqdm=False)
+                                    perform_everything_on_device=self.device.type == "cuda", device=self.device,
+                                    verbose=False, verbose_preprocessing=False, allow_tqdm=False)
         predictor.manual_initialization(self.network, self.plans_manager, self.configuration_manager, None,
                                         self.dataset_json, self.__class__.__name__,
                                         self.inference_allowed_mirroring_axes)
@@ -197,12 +199,12 @@ class nnUNetTrainerSelfTrain(CheckpointExtras, nnUNetTrainer):
             label_map = values[logits.argmax(0).numpy()]
             estimate = estimate_preprocessed(logits, members, labels, all_labels)
             record = {"estimated_dice": [round(float(v), 4) for v in estimate]}
+            true_dice = None
             if self.withheld_truth:
                 truth = read_unlabeled_case(truth_folder, case)[1]
                 true_dice = dice_per_label(label_map[None], np.maximum(truth, 0), labels)
                 record["true_dice"] = [round(float(v), 4) for v in true_dice]
-            record["score"] = {"none": 1.0, "quality": float(np.min(estimate)),
-                               "oracle": float(np.min(record.get("true_dice", [np.nan])))}[self.case_score]
+            record["score"] = self.score_of(estimate, true_dice)
             write_pseudo_labelled_case(self.pseudo_label_folder, case, label_map, crop_seg, properties, labels,
                                        self.configuration_manager.patch_size)
             records[case] = record
@@ -212,6 +214,12 @@ class nnUNetTrainerSelfTrain(CheckpointExtras, nnUNetTrainer):
         self.set_deep_supervision_enabled(True)
         self.network.train()
         return records
+
+    def score_of(self, estimate: np.ndarray, true_dice: Optional[np.ndarray]) -> float:
+        """What the gate ranks a case by: its worst label's estimated (quality) or true (oracle) Dice; 1 (none)."""
+        if self.case_score == "none":
+            return 1.0
+        return float(np.min(estimate if self.case_score == "quality" else true_dice))
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_extras(self) -> dict:
