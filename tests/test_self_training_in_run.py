@@ -74,6 +74,8 @@ def test_the_record_summarises_the_gate_against_the_truth():
     assert summary["true_worst_dice_dropped"] == pytest.approx(0.3)
     assert summary["estimate_true_pearson"] > 0.9
     assert truth_summary({"a": {"estimated_dice": [0.5], "kept": True}}) == {}  # no withheld labels: nothing
+    everything = truth_summary({c: dict(r, kept=True) for c, r in records.items()})
+    assert everything["true_worst_dice_dropped"] is None  # JSON null, not NaN
 
 
 @pytest.mark.full

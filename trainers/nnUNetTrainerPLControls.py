@@ -15,15 +15,13 @@ WithheldLabels lets a benchmark trainer read the unlabelled patches' withheld la
 (nnunet_qg.benchmark.withheld). They reach only the weight (oracle) and g's logged agreement with
 the truth, under no_grad; nothing a shipped trainer does reads them.
 """
-from os.path import isfile, join
 from typing import List, Optional
 
 import torch
 
-from nnunet_qg.benchmark.withheld import withheld_folder
+from nnunet_qg.benchmark.withheld import require_withheld_cases, withheld_folder
 from nnunet_qg.quality.dice import soft_dice_per_label
 from nnunet_qg.quality.training import one_hot_foreground
-from nnunet_qg.unlabeled.errors import UnlabeledDataError
 from nnunet_qg.trainers.nnUNetTrainerQGSSL import nnUNetTrainerQGSSL_PLQW_gWeights
 
 
@@ -51,12 +49,7 @@ class WithheldLabels:
     def check_unlabeled_data(self) -> List[str]:
         """The ordinary unlabelled folder's checks (plans, no leak), then every case in the withheld folder."""
         identifiers = super().check_unlabeled_data()
-        folder = self.preprocessed_unlabeled_folder
-        missing = [i for i in identifiers if not isfile(join(folder, i + ".pkl"))]
-        if missing:
-            raise UnlabeledDataError(f"{self.__class__.__name__} needs the unlabelled cases with their withheld labels in "
-                               f"{folder}; {len(missing)} are missing (e.g. {missing[0]}). Run: python -m "
-                               f"nnunet_qg.benchmark.withheld -d DATASET -c CONFIGURATION -l LABELS_FOLDER")
+        require_withheld_cases(self.__class__.__name__, self.preprocessed_unlabeled_folder, identifiers)
         return identifiers
 
 

@@ -21,7 +21,7 @@ and whether it was kept go to `self_training_cases.json` in the fold folder. Res
 cases are in the checkpoint, their pseudo-labels in `pseudo_labels/`.
 """
 import time
-from os.path import isfile, join
+from os.path import join
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -33,7 +33,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_qg.atomic import atomic_write_json
-from nnunet_qg.benchmark.withheld import withheld_folder
+from nnunet_qg.benchmark.withheld import require_withheld_cases, withheld_folder
 from nnunet_qg.experiments.pseudo_labelled_cases import (WithPseudoLabels, missing_cases, read_unlabeled_case,
                                                          write_pseudo_labelled_case)
 from nnunet_qg.quality.dice import dice_per_label
@@ -54,7 +54,7 @@ CASE_SCORES = ("none", "quality", "oracle")
 
 def truth_summary(records: Dict[str, dict]) -> Dict[str, float]:
     """Where the records hold true Dice: the mean true worst-label Dice of all, the kept and the dropped cases,
-    and the Pearson correlation of the estimated with the true worst-label Dice."""
+    and the Pearson correlation of the estimated with the true worst-label Dice (None where undefined)."""
     cases = [r for r in records.values() if "true_dice" in r]
     if not cases:
         return {}
@@ -63,9 +63,9 @@ def truth_summary(records: Dict[str, dict]) -> Dict[str, float]:
     kept = np.array([r["kept"] for r in cases])
     out = {"true_worst_dice_all": float(true.mean()),
            "estimate_true_pearson": float(np.corrcoef(estimate, true)[0, 1]) if true.std() > 0 and estimate.std() > 0
-           else float("nan")}
+           else None}
     for name, mask in (("kept", kept), ("dropped", ~kept)):
-        out[f"true_worst_dice_{name}"] = float(true[mask].mean()) if mask.any() else float("nan")
+        out[f"true_worst_dice_{name}"] = float(true[mask].mean()) if mask.any() else None
     return out
 
 
@@ -262,12 +262,8 @@ class WithheldTruth:
 
     def check_unlabeled_data(self) -> List[str]:
         cases = super().check_unlabeled_data()
-        folder = withheld_folder(self.plans_manager.dataset_name, self.configuration_manager.data_identifier)
-        missing = [c for c in cases if not isfile(join(folder, c + "_seg.b2nd"))]
-        if missing:
-            raise UnlabeledDataError(f"{self.__class__.__name__} needs the unlabelled cases with their withheld labels "
-                                     f"in {folder}; {len(missing)} are missing (e.g. {missing[0]}). Run: python -m "
-                                     f"nnunet_qg.benchmark.withheld -d DATASET -c CONFIGURATION -l LABELS_FOLDER")
+        require_withheld_cases(self.__class__.__name__, withheld_folder(
+            self.plans_manager.dataset_name, self.configuration_manager.data_identifier), cases)
         return cases
 
 

@@ -19,6 +19,7 @@ from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from nnunet_qg.unlabeled.errors import UnlabeledDataError
 from nnunet_qg.unlabeled.paths import UNLABELED_PREPROCESSED_SUFFIX
 from nnunet_qg.unlabeled.raw_cases import find_unlabeled_cases
 
@@ -28,6 +29,16 @@ WITHHELD_SUFFIX = UNLABELED_PREPROCESSED_SUFFIX + "_withheld"
 def withheld_folder(dataset_name: str, data_identifier: str) -> str:
     """`nnUNet_preprocessed/DatasetXXX/<data_identifier>_unlabeled_withheld`."""
     return join(nnUNet_preprocessed, dataset_name, data_identifier + WITHHELD_SUFFIX)
+
+
+def require_withheld_cases(trainer_name: str, folder: str, identifiers: List[str]) -> None:
+    """For benchmark trainers: every unlabelled case in the withheld folder (its .pkl is written last), or an
+    error that names the command to run."""
+    missing = [i for i in identifiers if not isfile(join(folder, i + ".pkl"))]
+    if missing:
+        raise UnlabeledDataError(f"{trainer_name} needs the unlabelled cases with their withheld labels in {folder}; "
+                                 f"{len(missing)} are missing (e.g. {missing[0]}). Run: python -m "
+                                 f"nnunet_qg.benchmark.withheld -d DATASET -c CONFIGURATION -l LABELS_FOLDER")
 
 
 def _preprocess_case(args: Tuple[str, List[str], str, str, dict, str, dict]) -> str:
