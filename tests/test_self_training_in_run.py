@@ -72,6 +72,8 @@ def test_the_record_summarises_the_gate_against_the_truth():
     summary = truth_summary(records)
     assert summary["true_worst_dice_kept"] == pytest.approx((0.7 + 0.6) / 2)
     assert summary["true_worst_dice_dropped"] == pytest.approx(0.3)
+    assert summary["true_dice_kept"] == pytest.approx((0.775 + 0.7) / 2) and summary["true_dice_all"] == pytest.approx(
+        (0.775 + 0.6 + 0.7) / 3)
     assert summary["estimate_true_pearson"] > 0.9
     assert truth_summary({"a": {"estimated_dice": [0.5], "kept": True}}) == {}  # no withheld labels: nothing
     everything = truth_summary({c: dict(r, kept=True) for c, r in records.items()})
