@@ -107,6 +107,8 @@ CHECK = """
                       for o in trainer.network(data)[1:]]
     unlabeled = trainer.unlabeled_batch(torch.randn(2, 1, *patch), torch.randn(2, 1, *patch))
     pseudo = unlabeled.targets
+    plain = args[0].endswith("+labelled")  # the plain labelled batch's loss in the same pass (research option)
+    trainer.copy_paste_plain_labelled_weight = 1.0 if plain else 0.0
     trainer.network.zero_grad(set_to_none=True)
     loss, labelled_part, pseudo_part, _, extras = trainer.forward_backward(data, target, unlabeled)
     box = box_mask(patch, 2 / 3, np.random.default_rng(6), data.device)  # the trainer's first box
@@ -114,23 +116,27 @@ CHECK = """
     with torch.no_grad():
         output = trainer.network(mixed.images)
         w = torch.ones(2) if args[0] == "none" else quality_weights(pseudo.quality, 2.0, trainer.quality_threshold)
+        expected_plain = trainer.loss(trainer.network(data), target) if plain else 0.0
         expected_pl = weighted_mean(per_sample_dice_ce(output, mixed.target, trainer.loss.weight_factors,
                                                        region=1 - mixed.labelled_region), w[mixed.unlabeled_source])
         expected_l = per_sample_dice_ce(output, mixed.target, trainer.loss.weight_factors,
                                         region=mixed.labelled_region).mean()
-    if args[0] == "mirror":
+    if args[0] != "none":
         assert not torch.equal(pseudo.quality, torch.ones(2)), pseudo.quality
     assert torch.allclose(pseudo_part, expected_pl, atol=1e-5), (float(pseudo_part), float(expected_pl))
     assert torch.allclose(labelled_part, expected_l, atol=1e-5)
-    assert torch.allclose(loss, expected_l + 0.5 * expected_pl, atol=1e-5)
+    assert torch.allclose(loss, expected_l + 0.5 * expected_pl + expected_plain, atol=1e-5)
+    if plain:
+        assert float(expected_plain) > 0
     grads = [p.grad.abs().sum() for p in trainer.network.parameters() if p.grad is not None]
     assert grads and float(sum(grads)) > 0
     print("OK")
 """
-JOBS = [("nnUNetTrainerBCP_debug", PHANTOM_DATASET, "none"), ("nnUNetTrainerBCP_QG_debug", PHANTOM_DATASET, "mirror")]
+JOBS = [("nnUNetTrainerBCP_debug", PHANTOM_DATASET, "none"), ("nnUNetTrainerBCP_QG_debug", PHANTOM_DATASET, "mirror"),
+        ("nnUNetTrainerBCP_QG_debug", PHANTOM_DATASET, "mirror+labelled")]
 checked = trainer_checks_fixture(CHECK, JOBS, "bcp_checks")
 
 
-@pytest.mark.parametrize("job", JOBS, ids=[j[0] for j in JOBS])
+@pytest.mark.parametrize("job", JOBS, ids=[f"{j[0]}-{j[2]}" for j in JOBS])
 def test_bcp_step_is_the_mixed_loss_with_its_weights(checked, job):
     assert checked[tuple(job)] == "OK", checked[tuple(job)]

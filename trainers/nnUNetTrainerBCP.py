@@ -39,6 +39,9 @@ class nnUNetTrainerBCP(nnUNetTrainerQGSSL_PLQW):
         # nnU-Net training until this fraction of the epochs, then mixed images only (BCP pre-trains 10,000 of its
         # 40,000 iterations)
         self.copy_paste_start_fraction = 0.15
+        # > 0: the student also sees the plain labelled batch in the same pass, its nnU-Net loss at this weight
+        # (BCP's code has no such term after its pre-training; research option, issue #36)
+        self.copy_paste_plain_labelled_weight = 0.0
         self.unlabeled_separate_backward = False  # one pass over the 2B mixed images
         self._box_rng: Optional[np.random.Generator] = None
 
@@ -75,17 +78,23 @@ class nnUNetTrainerBCP(nnUNetTrainerQGSSL_PLQW):
             true_dice = self.pseudo_label_true_dice(pseudo.mask)
         weights = self.plqw_weights(pseudo, pseudo.quality, true_dice)[mixed.unlabeled_source]
         ds_weights = getattr(self.loss, "weight_factors", None)
+        n_mixed, plain = mixed.images.shape[0], self.copy_paste_plain_labelled_weight > 0
         with self._autocast():
-            output = self.network(mixed.images)
-            labelled_part = per_sample_dice_ce(output, mixed.target, ds_weights,
+            output = self.network(torch.cat((mixed.images, data)) if plain else mixed.images)
+            output_mixed = split_batch(output, n_mixed) if plain else output
+            labelled_part = per_sample_dice_ce(output_mixed, mixed.target, ds_weights,
                                                region=mixed.labelled_region).mean()
             pseudo_part = self.weighted_pseudo_label_loss(
-                per_sample_dice_ce(output, mixed.target, ds_weights, region=1 - mixed.labelled_region), weights)
+                per_sample_dice_ce(output_mixed, mixed.target, ds_weights, region=1 - mixed.labelled_region), weights)
             loss = labelled_part + self.copy_paste_unlabeled_weight * pseudo_part
+            if plain:
+                output_labelled = split_batch(output, n_mixed, second=True)
+                loss = loss + self.copy_paste_plain_labelled_weight * self.loss(output_labelled, target)
         self._backward(loss)
         extras = {**self.pseudo_label_stats(pseudo.quality, weights[:data.shape[0]], true_dice),
                   "ssl_loss_plqw": pseudo_part.detach()}
-        return loss.detach(), labelled_part.detach(), pseudo_part.detach(), split_batch(output, data.shape[0]), extras
+        return loss.detach(), labelled_part.detach(), pseudo_part.detach(), \
+            output_labelled if plain else split_batch(output, data.shape[0]), extras
 
     # ------------------------------------------------------------------ checkpoints
     def ssl_state_dict(self) -> dict:

@@ -185,6 +185,16 @@ class nnUNetTrainerBCP_QG_evidence(EvidenceBudget, SeededTraining, WithheldLabel
     """bcp_qg: bidirectional copy-paste with the mirror agreement's quality weights (the candidate)."""
 
 
+class nnUNetTrainerBCP_QGlabelled_evidence(nnUNetTrainerBCP_QG_evidence):
+    """bcp_qg_labelled: bcp_qg with the student's nnU-Net loss on the plain labelled batch beside the mixed images
+    (copy_paste_plain_labelled_weight 1; issue #36: does it keep the teacher's pseudo-labels at _PLQW's level?)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.copy_paste_plain_labelled_weight = 1.0
+
+
 class nnUNetTrainerBCPOracle_evidence(EvidenceBudget, SeededTraining, OracleWeights, WithheldLabels, nnUNetTrainerBCP):
     """bcp_oracle: bidirectional copy-paste with the weights of a perfect score (the headroom)."""
 
