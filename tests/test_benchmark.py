@@ -10,7 +10,7 @@ from conftest import PHANTOM_ID, kill_after_first_checkpoint, nnunet_env, requir
 
 from nnunet_qg.benchmark.profiles import PROFILES
 from nnunet_qg.benchmark.report import markdown_table, plot_bars, summarise
-from nnunet_qg.benchmark.runner import run_name
+from nnunet_qg.benchmark.runner import Job, offline_target_id, run_name
 
 
 def _phantom_with_split(root, n_cases=12, n_test=2, n_labelled=6):
@@ -196,3 +196,21 @@ def test_runs_of_different_seeds_never_share_folders():
     shifted = type(evidence)(**{**evidence.__dict__, "seed": 3})
     assert [run_name(shifted, r) for r in range(3)] == ["r3", "r4", "r5"]
     assert run_name(PROFILES["tiny"], 1) == "r1"  # unseeded: by run
+
+
+def test_offline_arms_datasets_never_collide():
+    """Every offline arm's run writes datasets of its own: one id per round, none shared between arms or seeds
+    (ids that the evidence ledger's rows name stay as they were for one-round arms)."""
+    evidence = PROFILES["evidence"]
+    ids = {}
+    for arm, rounds in (("offline_pl", 1), ("offline_pl_gated", 1), ("offline_pl_gated_2rounds", 2)):
+        for seed in range(10 // rounds):
+            first = offline_target_id(Job(arm, "1labelled", seed, 810), evidence)
+            for r in range(rounds):
+                assert first + r not in ids, (arm, seed, r, ids.get(first + r))
+                ids[first + r] = (arm, seed, r)
+    assert offline_target_id(Job("offline_pl", "1labelled", 0, 810), evidence) == 830
+    assert offline_target_id(Job("offline_pl_gated", "1labelled", 2, 810), evidence) == 842
+    assert offline_target_id(Job("offline_pl_gated_2rounds", "1labelled", 1, 810), evidence) == 852
+    with pytest.raises(ValueError, match="seeds 0-4"):
+        offline_target_id(Job("offline_pl_gated_2rounds", "1labelled", 5, 810), evidence)

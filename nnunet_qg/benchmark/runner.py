@@ -160,14 +160,19 @@ def run_name(profile: Profile, repeat: int) -> str:
     return f"r{repeat if seed is None else seed}"
 
 
+def offline_rounds(arm: str) -> int:
+    return int(OFFLINE_ARMS[arm].get("rounds", 1))
+
+
 def offline_target_id(job: Job, profile: Profile) -> int:
-    """The dataset id of an offline arm's pseudo-labelled dataset (profiles.OFFLINE_ID_OFFSET)."""
+    """The dataset id of an offline arm's first pseudo-labelled dataset; round r writes this id + r - 1
+    (profiles.OFFLINE_ID_OFFSET)."""
     run = profile.seed_of(job.repeat)
-    target = job.dataset_id + OFFLINE_ID_OFFSET + 10 * list(OFFLINE_ARMS).index(job.arm) + \
-        (job.repeat if run is None else run)
-    if target > 999 or (run if run is not None else job.repeat) > 9:
-        raise ValueError(f"{job.arm}, run {job.repeat}: its dataset id {target} is out of nnU-Net's range or the next "
-                         f"arm's; use a lower --base-id or seeds 0-9")
+    index, rounds = job.repeat if run is None else run, offline_rounds(job.arm)
+    target = job.dataset_id + OFFLINE_ID_OFFSET + 10 * list(OFFLINE_ARMS).index(job.arm) + rounds * index
+    if target + rounds - 1 > 999 or rounds * (index + 1) > 10:
+        raise ValueError(f"{job.arm}, run {job.repeat}: its dataset ids {target}-{target + rounds - 1} are out of "
+                         f"nnU-Net's range or the next arm's; use a lower --base-id or seeds 0-{10 // rounds - 1}")
     return target
 
 
@@ -176,24 +181,28 @@ def self_train_arm(job: Job, trainer: str, profile: Profile, env: Dict[str, str]
     """An offline arm: nnUNetv2_qg_self_train (one round) from the labelled dataset to a pseudo-labelled one,
     every model with `trainer` (the first model is the supervised arm's of the same seed: kept where that arm
     trained it). Without `resume` an earlier run's work and datasets are removed first."""
-    target = offline_target_id(job, profile)
+    target, rounds = offline_target_id(job, profile), offline_rounds(job.arm)
     out = join(work, "self_training", tag)
     if not resume:
         shutil.rmtree(out, ignore_errors=True)
         for folder in (env["nnUNet_raw"], env["nnUNet_preprocessed"], env["nnUNet_results"]):
             for name in os.listdir(folder) if os.path.isdir(folder) else []:
-                if name.startswith(f"Dataset{target:03d}_"):
+                if any(name.startswith(f"Dataset{target + r:03d}_") for r in range(rounds)):
                     shutil.rmtree(join(folder, name))
     options = OFFLINE_ARMS[job.arm]
     cmd = ["nnUNetv2_qg_self_train", "-d", str(job.dataset_id), "-c", profile.configuration, "-f", profile.fold,
            "-t", str(target), "-o", out, "-tr", trainer, "-device", profile.device,
            "-np", str(profile.preprocess_processes)]
     cmd += ["--keep-fraction", str(options["keep_fraction"])] if "keep_fraction" in options else []
+    cmd += ["--rounds", str(rounds)] if rounds > 1 else []
     seconds = pipeline.run_logged(cmd, env, join(work, "logs", f"self_train_{tag}.log"))
     with open(join(out, "self_training.json")) as f:
         state = json.load(f)
-    return {"target": target, "train_wall_s": seconds, "offline": {
-        "stage_seconds": state.get("stage_seconds", {}), **state["rounds"]["1"]}}
+    later = {r: state["rounds"][r] for r in sorted(state["rounds"], key=int) if r != "1"}
+    offline = {"stage_seconds": state.get("stage_seconds", {}), **state["rounds"]["1"]}
+    if later:
+        offline["later_rounds"] = later
+    return {"target": target + rounds - 1, "train_wall_s": seconds, "offline": offline}
 
 
 def run_job(job: Job, profile: Profile, env: Dict[str, str], work: str, resume: bool = False) -> dict:
