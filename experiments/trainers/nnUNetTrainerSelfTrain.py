@@ -18,7 +18,9 @@ The base is (1)-(3) with every case kept (`nnUNetTrainerSelfTrain`); quality gui
 keeps the better half by the true Dice (withheld labels), and the `_evidence` variants record each case's true
 Dice beside its score (never used for training but by the oracle). Every case's score, true Dice where known,
 and whether it was kept go to `self_training_cases.json` in the fold folder. Resumable with --c: the kept
-cases are in the checkpoint, their pseudo-labels in `pseudo_labels/`.
+cases are in the checkpoint, their pseudo-labels in `pseudo_labels/`. One process (not written for DDP: every
+rank would predict and write every case). Measured and not adopted (docs/results.md, "Self-training inside one
+run").
 """
 import time
 from os.path import join
