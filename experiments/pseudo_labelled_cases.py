@@ -20,12 +20,15 @@ from nnunetv2.training.dataloading.nnunet_dataset import (comp_blosc2_params, nn
                                                           nnUNetDatasetBlosc2)
 
 
+def read_unlabeled_seg(folder: str, case: str) -> np.ndarray:
+    """The seg (1, ...) of a preprocessed unlabelled case: the crop mask, or a benchmark's withheld label."""
+    return blosc2.open(urlpath=join(folder, case + "_seg.b2nd"), mode="r")[:]
+
+
 def read_unlabeled_case(folder: str, case: str):
-    """The preprocessed image (C, ...), its seg (1, ...: the crop mask, or a benchmark's withheld label) and
-    properties of an unlabelled case."""
+    """The preprocessed image (C, ...), its seg (read_unlabeled_seg) and properties of an unlabelled case."""
     data = blosc2.open(urlpath=join(folder, case + ".b2nd"), mode="r")[:]
-    seg = blosc2.open(urlpath=join(folder, case + "_seg.b2nd"), mode="r")[:]
-    return data, seg, load_pickle(join(folder, case + ".pkl"))
+    return data, read_unlabeled_seg(folder, case), load_pickle(join(folder, case + ".pkl"))
 
 
 def write_pseudo_labelled_case(folder: str, case: str, label_map: np.ndarray, crop_seg: np.ndarray,

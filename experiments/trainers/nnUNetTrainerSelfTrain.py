@@ -37,7 +37,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_qg.atomic import atomic_write_json
 from nnunet_qg.benchmark.withheld import require_withheld_cases, withheld_folder
 from nnunet_qg.experiments.pseudo_labelled_cases import (WithPseudoLabels, missing_cases, read_unlabeled_case,
-                                                         write_pseudo_labelled_case)
+                                                         read_unlabeled_seg, write_pseudo_labelled_case)
 from nnunet_qg.quality.dice import dice_per_label
 from nnunet_qg.quality_control.signals import estimate_preprocessed, mirror_combinations, predict_members
 from nnunet_qg.self_training import gate
@@ -202,11 +202,11 @@ class nnUNetTrainerSelfTrain(CheckpointExtras, nnUNetTrainer):
             logits, members = predict_members(predictor, data.astype(np.float32, copy=False), mirrors,
                                               len(self.configuration_manager.patch_size), all_labels)
             label_map = values[logits.argmax(0).numpy()]
-            estimate = estimate_preprocessed(logits, members, labels, all_labels)
+            estimate = estimate_preprocessed(logits, members, label_map, labels, all_labels)
             record = {"estimated_dice": [round(float(v), 4) for v in estimate]}
             true_dice = None
             if self.withheld_truth:
-                truth = read_unlabeled_case(truth_folder, case)[1]
+                truth = read_unlabeled_seg(truth_folder, case)
                 true_dice = dice_per_label(label_map[None], np.maximum(truth, 0), labels)
                 record["true_dice"] = [round(float(v), 4) for v in true_dice]
             record["score"] = self.score_of(estimate, true_dice)

@@ -68,9 +68,9 @@ SUPERVISED_ARMS = (LOWER_BOUND, UPPER_BOUND)
 EVIDENCE_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_qw", "oracle_pl", "pl_mirror", "qg_ssl", "shuffled_pl",
                  "mean_teacher", "pl_mirror_batch_size", "pl_mirror_ema999", "pl_mirror_unlabeled2x",
                  "pl_mirror_tau08", "pl_mirror_fg33", "pl_qw_refresh_corrupted", "pl_mirror_lean", "pl_mirror_average",
-                 "pl_mirror_skip_absent", "pl_mirror_flip_all", "offline_pl", "offline_pl_gated", "offline_pl_gated_2rounds",
-                 "bcp", "bcp_qg",
-                 "bcp_oracle", "bcp_qg_labelled", "self_train", "self_train_qg", "self_train_oracle")
+                 "pl_mirror_skip_absent", "pl_mirror_flip_all", "offline_pl", "offline_pl_gated",
+                 "offline_pl_gated_2rounds", "bcp", "bcp_qg", "bcp_oracle", "bcp_qg_labelled", "self_train",
+                 "self_train_qg", "self_train_oracle")
 EVIDENCE_FEWER_RUNS = {UPPER_BOUND: 3, "qg_ssl": 3, "shuffled_pl": 3, "mean_teacher": 3, "pl_mirror_batch_size": 3,
                        "pl_mirror_ema999": 3, "pl_mirror_unlabeled2x": 3, "pl_mirror_tau08": 3, "pl_mirror_fg33": 3,
                        "pl_qw_refresh_corrupted": 3, "pl_mirror_lean": 3, "pl_mirror_average": 3,
@@ -80,8 +80,8 @@ EVIDENCE_FEWER_RUNS = {UPPER_BOUND: 3, "qg_ssl": 3, "shuffled_pl": 3, "mean_teac
 # the ACDC protocol's arms (profile evidence-acdc): the bounds, today's pseudo-label arms (g's weights where g learns
 # from 6 labelled volumes: pl_qw), offline self-training, the copy-paste base
 ACDC_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_mirror", "oracle_pl", "pl_qw", "offline_pl",
-             "offline_pl_gated", "offline_pl_gated_2rounds", "bcp", "bcp_qg", "bcp_oracle", "bcp_qg_labelled", "self_train", "self_train_qg",
-             "self_train_oracle")
+             "offline_pl_gated", "offline_pl_gated_2rounds", "bcp", "bcp_qg", "bcp_oracle", "bcp_qg_labelled",
+             "self_train", "self_train_qg", "self_train_oracle")
 
 
 @dataclass(frozen=True)

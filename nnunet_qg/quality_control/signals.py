@@ -129,12 +129,10 @@ def predict_members(predictor, data: np.ndarray, mirrors: Sequence[tuple], patch
     return total / len(members), members
 
 
-def estimate_preprocessed(logits: torch.Tensor, members: Sequence[np.ndarray], labels: Sequence[int],
-                          all_labels: Sequence[int]) -> np.ndarray:
-    """The default estimator's raw score per label of the prediction (argmax of the mean `logits`), from
+def estimate_preprocessed(logits: torch.Tensor, members: Sequence[np.ndarray], segmentation: np.ndarray,
+                          labels: Sequence[int], all_labels: Sequence[int]) -> np.ndarray:
+    """The default estimator's raw score per label of `segmentation` (the label map of the mean `logits`), from
     predict_members' output, in the preprocessed space (the fallback estimator with a single member)."""
-    values = np.asarray(all_labels, dtype=np.int16)
-    segmentation = values[logits.argmax(0).numpy()]
     signals = {SELF_ESTIMATE: expected_dice(segmentation, torch.softmax(logits, 0).numpy(), labels, all_labels)}
     if len(members) >= 2:
         signals[TTA_AGREEMENT] = mean_agreement(members, segmentation, labels)
