@@ -195,6 +195,16 @@ class nnUNetTrainerBCP_QGlabelled_evidence(nnUNetTrainerBCP_QG_evidence):
         self.copy_paste_plain_labelled_weight = 1.0
 
 
+class nnUNetTrainerBCPlabelled_evidence(nnUNetTrainerBCP_evidence):
+    """bcp_labelled: bcp with the plain labelled batch's loss (copy_paste_plain_labelled_weight 1), no quality
+    weights: bcp_qg_labelled's control, so that bcp_qg_labelled minus it is the weights' share (issue #36)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.copy_paste_plain_labelled_weight = 1.0
+
+
 class nnUNetTrainerBCPOracle_evidence(EvidenceBudget, SeededTraining, OracleWeights, WithheldLabels, nnUNetTrainerBCP):
     """bcp_oracle: bidirectional copy-paste with the weights of a perfect score (the headroom)."""
 
