@@ -27,7 +27,7 @@ from nnunet_qg.trainers.nnUNetTrainer_evidence import (
     nnUNetTrainerQGSSL_PLQWlean_evidence, nnUNetTrainerQGSSL_PLQWmirrorAverage_evidence,
     nnUNetTrainerQGSSL_PLQWskipAbsent_evidence, nnUNetTrainerQGSSL_PLQWflipAll_evidence, nnUNetTrainerBCP_evidence,
     nnUNetTrainerBCP_QG_evidence, nnUNetTrainerBCP_QGlabelled_evidence, nnUNetTrainerBCPlabelled_evidence,
-    nnUNetTrainerBCPOracle_evidence,
+    nnUNetTrainerBCPOracle_evidence, nnUNetTrainerBCPOraclelabelled_evidence,
     nnUNetTrainerQGSSL_PLQWunlabeled2x_evidence, nnUNetTrainerShuffledPL_evidence, nnUNetTrainerUnweightedPL_evidence,
     nnUNetTrainerUnweightedPL_evidenceTiny)
 from nnunet_qg.trainers.nnUNetTrainer_benchmark import *  # noqa: F401,F403  (the <trainer>_<budget> variants)

@@ -209,6 +209,16 @@ class nnUNetTrainerBCPOracle_evidence(EvidenceBudget, SeededTraining, OracleWeig
     """bcp_oracle: bidirectional copy-paste with the weights of a perfect score (the headroom)."""
 
 
+
+class nnUNetTrainerBCPOraclelabelled_evidence(nnUNetTrainerBCPOracle_evidence):
+    """bcp_oracle_labelled: bcp_oracle with the plain labelled batch's loss (copy_paste_plain_labelled_weight 1):
+    the headroom of quality weights on bcp_qg_labelled's base."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.copy_paste_plain_labelled_weight = 1.0
+
 class nnUNetTrainer_evidenceCurve(nnUNetTrainer_evidence):
     """Protocol design: the supervised arm, with the network kept after some epochs
     (checkpoint_epoch_<e>.pth), so one run gives test Dice against the budget."""

@@ -35,6 +35,7 @@ ARMS: Dict[str, str] = {
     "bcp_oracle": "nnUNetTrainerBCPOracle",  # the weights of a perfect score (withheld labels)
     "bcp_qg_labelled": "nnUNetTrainerBCP_QGlabelled",  # bcp_qg + the plain labelled batch's loss in the same pass
     "bcp_labelled": "nnUNetTrainerBCPlabelled",  # bcp + the plain labelled batch's loss (bcp_qg_labelled's control)
+    "bcp_oracle_labelled": "nnUNetTrainerBCPOraclelabelled",  # bcp_oracle + the plain labelled batch's loss
     # self-training inside one run (experiments/trainers/nnUNetTrainerSelfTrain.py): every case, the better half by
     # the quality estimate, the better half by the true Dice (withheld labels)
     "self_train": "nnUNetTrainerSelfTrain",
@@ -52,11 +53,15 @@ OFFLINE_ARMS: Dict[str, Dict[str, float]] = {"offline_pl": {}, "offline_pl_gated
 # the pseudo-labelled dataset of an offline run's round r (1, 2, ...): base dataset id + OFFLINE_ID_OFFSET +
 # 10 * (offline arm index) + rounds * seed + r - 1
 OFFLINE_ID_OFFSET = 20
+# the copy-paste arms (issue #36): the base, with quality weights, with perfect weights; each also with the plain
+# labelled batch's loss
+COPY_PASTE_ARMS = ("bcp", "bcp_qg", "bcp_oracle", "bcp_qg_labelled", "bcp_labelled", "bcp_oracle_labelled")
+SELF_TRAIN_ARMS = ("self_train", "self_train_qg", "self_train_oracle")
 # the evidence budget only
 CONTROL_ARMS = ("unweighted_pl", "oracle_pl", "shuffled_pl", "pl_mirror_batch_size", "pl_mirror_ema999",
                 "pl_mirror_unlabeled2x", "pl_mirror_tau08", "pl_mirror_fg33", "pl_qw_refresh_corrupted",
-                "pl_mirror_lean", "pl_mirror_average", "pl_mirror_skip_absent", "pl_mirror_flip_all", "bcp", "bcp_qg",
-                "bcp_oracle", "bcp_qg_labelled", "bcp_labelled", "self_train", "self_train_qg", "self_train_oracle")
+                "pl_mirror_lean", "pl_mirror_average", "pl_mirror_skip_absent", "pl_mirror_flip_all") \
+    + COPY_PASTE_ARMS + SELF_TRAIN_ARMS
 # the default arms of the budget profiles (every budget of nnUNetTrainer_benchmark); the offline arms run where asked
 # (--arms, the evidence profile): each trains two models
 STANDARD_ARMS = tuple(a for a in ARMS if a not in CONTROL_ARMS and a not in OFFLINE_ARMS)
@@ -70,8 +75,7 @@ EVIDENCE_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_qw", "oracle_pl
                  "mean_teacher", "pl_mirror_batch_size", "pl_mirror_ema999", "pl_mirror_unlabeled2x",
                  "pl_mirror_tau08", "pl_mirror_fg33", "pl_qw_refresh_corrupted", "pl_mirror_lean", "pl_mirror_average",
                  "pl_mirror_skip_absent", "pl_mirror_flip_all", "offline_pl", "offline_pl_gated",
-                 "offline_pl_gated_2rounds", "bcp", "bcp_qg", "bcp_oracle", "bcp_qg_labelled", "bcp_labelled",
-                 "self_train", "self_train_qg", "self_train_oracle")
+                 "offline_pl_gated_2rounds") + COPY_PASTE_ARMS + SELF_TRAIN_ARMS
 EVIDENCE_FEWER_RUNS = {UPPER_BOUND: 3, "qg_ssl": 3, "shuffled_pl": 3, "mean_teacher": 3, "pl_mirror_batch_size": 3,
                        "pl_mirror_ema999": 3, "pl_mirror_unlabeled2x": 3, "pl_mirror_tau08": 3, "pl_mirror_fg33": 3,
                        "pl_qw_refresh_corrupted": 3, "pl_mirror_lean": 3, "pl_mirror_average": 3,
@@ -81,8 +85,7 @@ EVIDENCE_FEWER_RUNS = {UPPER_BOUND: 3, "qg_ssl": 3, "shuffled_pl": 3, "mean_teac
 # the ACDC protocol's arms (profile evidence-acdc): the bounds, today's pseudo-label arms (g's weights where g learns
 # from 6 labelled volumes: pl_qw), offline self-training, the copy-paste base
 ACDC_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_mirror", "oracle_pl", "pl_qw", "offline_pl",
-             "offline_pl_gated", "offline_pl_gated_2rounds", "bcp", "bcp_qg", "bcp_oracle", "bcp_qg_labelled",
-             "bcp_labelled", "self_train", "self_train_qg", "self_train_oracle")
+             "offline_pl_gated", "offline_pl_gated_2rounds") + COPY_PASTE_ARMS + SELF_TRAIN_ARMS
 
 
 @dataclass(frozen=True)
