@@ -3,11 +3,12 @@
 as one resumable command with stock nnU-Net pieces, optionally gated by quality control.
 
     nnUNetv2_qg_self_train -d 4 -c 3d_fullres -f 0 -t 104 -o self_training_004 [-tr nnUNetTrainer]
-        [--rounds 1] [--min-quality 0.8 | --keep-fraction 0.5]
+        [--first-trainer nnUNetTrainerBCP] [--rounds 1] [--min-quality 0.8 | --keep-fraction 0.5]
 
 Round r = 1 ... N:
-  1. the model of round r-1: round 0 is `-tr`'s model of dataset D (nnUNetv2_train D C F; a finished fold is
-     kept, an interrupted one continues with --c); later rounds use the previous round's model;
+  1. the model of round r-1: round 0 is `--first-trainer`'s model of dataset D (default `-tr`; e.g. a
+     semi-supervised trainer of this package, which reads D's imagesUnlabeled/ itself; nnUNetv2_train D C F: a
+     finished fold is kept, an interrupted one continues with --c); later rounds use the previous round's model;
   2. nnUNetv2_predict_quality predicts D's imagesUnlabeled/ with it and estimates each prediction's Dice;
   3. the gate keeps every case (default), those whose worst label reaches --min-quality, or the best
      --keep-fraction of them (ranked by that worst label);
@@ -133,9 +134,12 @@ class SelfTraining:
         self.env = dict(os.environ)
         self.log_dir = join(args.o, "logs")
         self.state_file = join(args.o, STATE_FILE)
+        self.first_trainer = args.first_trainer or args.tr
         self.recipe = {"source": self.source, "configuration": args.c, "fold": args.f, "trainer": args.tr,
                        "plans": args.p, "min_quality": args.min_quality, "keep_fraction": args.keep_fraction,
                        "tta": not args.disable_tta}
+        if self.first_trainer != args.tr:  # absent otherwise: runs written before the option continue unchanged
+            self.recipe["first_trainer"] = self.first_trainer
         self.state = {"recipe": self.recipe, "rounds": {}}
 
     # ------------------------------------------------------------------ checks
@@ -197,7 +201,8 @@ class SelfTraining:
         self.check_inputs()
         os.makedirs(self.log_dir, exist_ok=True)
         model_dataset = self.source_id
-        self.stage(0, "train the first model", lambda: self.train(self.source_id), f"{self.source} fold {self.args.f}")
+        self.stage(0, "train the first model", lambda: self.train(self.source_id, self.first_trainer),
+                   f"{self.source} fold {self.args.f} ({self.first_trainer})")
         for r in range(1, self.args.rounds + 1):
             self.round(r, model_dataset)
             model_dataset = self.target_id(r)
@@ -213,8 +218,10 @@ class SelfTraining:
         folder = join(self.args.o, f"round_{r}")
         pseudo_labels = join(folder, "pseudo_labels")
         quality_json = join(pseudo_labels, "quality.json")
-        self.stage(r, "predict and score the unlabelled cases", lambda: self.score(model_dataset, pseudo_labels),
-                   pseudo_labels, done=isfile(quality_json))
+        model_trainer = self.first_trainer if r == 1 else self.args.tr
+        self.stage(r, "predict and score the unlabelled cases",
+                   lambda: self.score(model_dataset, model_trainer, pseudo_labels), pseudo_labels,
+                   done=isfile(quality_json))
         quality = case_quality(quality_json)
         kept = gate(quality, self.args.min_quality, self.args.keep_fraction)
         entry = self.state["rounds"].setdefault(str(r), {})
@@ -233,7 +240,8 @@ class SelfTraining:
         marker = join(folder, "preprocessed.json")
         self.stage(r, "plan with the source's plans and preprocess", lambda: self.preprocess(r, marker),
                    self.target(r), done=isfile(marker))
-        self.stage(r, "train", lambda: self.train(self.target_id(r)), f"{self.target(r)} fold {self.args.f}")
+        self.stage(r, "train", lambda: self.train(self.target_id(r), self.args.tr),
+                   f"{self.target(r)} fold {self.args.f}")
 
     def stage(self, r: int, what: str, work, where: str, done: bool = False) -> None:
         """Run one stage (or say that an earlier run finished it), with its time in the state file."""
@@ -248,23 +256,23 @@ class SelfTraining:
         times[what.split(" (")[0]] = times.get(what.split(" (")[0], 0.0) + time.time() - started
         self.save()
 
-    def train(self, dataset: int) -> None:
+    def train(self, dataset: int, trainer: str) -> None:
         """nnUNetv2_train of the fold; a finished fold is kept, an interrupted one continues (--c)."""
-        fold = pipeline.model_folder(self.env, dataset, self.args.tr, self.args.c, self.args.f, self.args.p)
+        fold = pipeline.model_folder(self.env, dataset, trainer, self.args.c, self.args.f, self.args.p)
         if isfile(join(fold, "checkpoint_final.pth")):
             print(f"      {fold}: trained (kept)", flush=True)
             return
         continuing = isfile(join(fold, "checkpoint_latest.pth"))
-        cmd = ["nnUNetv2_train", str(dataset), self.args.c, str(self.args.f), "-tr", self.args.tr, "-p", self.args.p,
+        cmd = ["nnUNetv2_train", str(dataset), self.args.c, str(self.args.f), "-tr", trainer, "-p", self.args.p,
                "-device", self.args.device] + (["--c"] if continuing else [])
         pipeline.run_logged(cmd, self.env, join(self.log_dir, f"train_{dataset}.log"), echo=("Epoch ",))
 
-    def score(self, model_dataset: int, out: str) -> None:
+    def score(self, model_dataset: int, trainer: str, out: str) -> None:
         """nnUNetv2_predict_quality: predictions of the unlabelled images (the pseudo-labels) and their
         predicted Dice; calibrated only where a --min-quality threshold reads the value (a ranking does not)."""
         shutil.rmtree(out, ignore_errors=True)
         cmd = ["nnUNetv2_predict_quality", "-i", join(self.source_raw, UNLABELED_RAW_SUBFOLDER), "-o", out,
-               "-d", str(model_dataset), "-c", self.args.c, "-f", str(self.args.f), "-tr", self.args.tr,
+               "-d", str(model_dataset), "-c", self.args.c, "-f", str(self.args.f), "-tr", trainer,
                "-p", self.args.p, "-device", self.args.device]
         cmd += ["--disable_tta"] if self.args.disable_tta else []
         if self.args.min_quality is None:
@@ -306,7 +314,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-t", required=True, type=dataset_id,
                    help="dataset id of round 1's new dataset (round r: -t + r - 1); must be free")
     p.add_argument("-o", required=True, help="output folder: logs, pseudo-labels, quality reports, state (to resume)")
-    p.add_argument("-tr", default="nnUNetTrainer", help="trainer of every model. Default: nnUNetTrainer")
+    p.add_argument("-tr", default="nnUNetTrainer", help="trainer of every model (but the first with "
+                                                        "--first-trainer). Default: nnUNetTrainer")
+    p.add_argument("--first-trainer", default=None,
+                   help="trainer of the first model, the one whose predictions become round 1's pseudo-labels (e.g. "
+                        "nnUNetTrainerBCP: D's labelled and unlabelled cases). Default: -tr")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (moved to every new dataset). Default: "
                                                      "nnUNetPlans")
     p.add_argument("--rounds", type=positive_count, default=1, help="self-training rounds. Default: 1")

@@ -203,7 +203,8 @@ def test_offline_arms_datasets_never_collide():
     (ids that the evidence ledger's rows name stay as they were for one-round arms)."""
     evidence = PROFILES["evidence"]
     ids = {}
-    for arm, rounds in (("offline_pl", 1), ("offline_pl_gated", 1), ("offline_pl_gated_2rounds", 2)):
+    for arm, rounds in (("offline_pl", 1), ("offline_pl_gated", 1), ("offline_pl_gated_2rounds", 2),
+                        ("offline_pl_gated_from_bcp", 1)):
         for seed in range(10 // rounds):
             first = offline_target_id(Job(arm, "1labelled", seed, 810), evidence)
             for r in range(rounds):
@@ -212,5 +213,6 @@ def test_offline_arms_datasets_never_collide():
     assert offline_target_id(Job("offline_pl", "1labelled", 0, 810), evidence) == 830
     assert offline_target_id(Job("offline_pl_gated", "1labelled", 2, 810), evidence) == 842
     assert offline_target_id(Job("offline_pl_gated_2rounds", "1labelled", 1, 810), evidence) == 852
+    assert offline_target_id(Job("offline_pl_gated_from_bcp", "1labelled", 0, 810), evidence) == 860
     with pytest.raises(ValueError, match="seeds 0-4"):
         offline_target_id(Job("offline_pl_gated_2rounds", "1labelled", 5, 810), evidence)

@@ -165,6 +165,27 @@ def test_self_training_end_to_end_killed_and_continued(phantom_copy, tmp_path):
              "holds a self-training run with other settings")
 
 
+@pytest.mark.full
+def test_first_model_from_a_semi_supervised_trainer(phantom_copy, tmp_path):
+    """--first-trainer: the first model is that trainer's (here the copy-paste base, which reads the source's
+    imagesUnlabeled/ itself), its predictions are round 1's pseudo-labels, the retrained model is -tr's; the recipe
+    records it, so the same -o with another first trainer is refused."""
+    env, out, first = phantom_copy, tmp_path / "out", "nnUNetTrainerBCP_debug"
+    proc = _self_train(env, out, "--first-trainer", first, "--keep-fraction", "0.5", target="963")
+    results = Path(env["nnUNet_results"])
+    assert (results / PHANTOM_DATASET / f"{first}__nnUNetPlans__3d_fullres" / "fold_0" / "checkpoint_final.pth").is_file()
+    assert not (results / PHANTOM_DATASET / f"{TRAINER}__nnUNetPlans__3d_fullres").exists()
+    final = results / "Dataset963_PhantomSelfTrain1" / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
+    assert (final / "checkpoint_final.pth").is_file()
+    assert f"({first})" in proc.stdout
+    state = json.loads((out / "self_training.json").read_text())
+    assert state["recipe"]["first_trainer"] == first and state["rounds"]["1"]["kept"] == 3
+    quality = json.loads((out / "round_1" / "pseudo_labels" / "quality.json").read_text())
+    assert Path(quality["model_folder"]).name == f"{first}__nnUNetPlans__3d_fullres"
+    _refused(_self_train(env, out, "--keep-fraction", "0.5", check=False, target="963"),
+             "holds a self-training run with other settings")
+
+
 def test_offline_pseudo_label_truth_judges_kept_and_dropped(tmp_path):
     """benchmarks/offline_pseudo_label_truth.py on a run laid out as nnUNetv2_qg_self_train writes it: the two
     pseudo-labels its gate keeps equal to the truth, the two it drops empty, the gate's score ordered like the truth; a missing

@@ -179,8 +179,8 @@ def offline_target_id(job: Job, profile: Profile) -> int:
 def self_train_arm(job: Job, trainer: str, profile: Profile, env: Dict[str, str], work: str, tag: str,
                    resume: bool) -> dict:
     """An offline arm: nnUNetv2_qg_self_train (one round) from the labelled dataset to a pseudo-labelled one,
-    every model with `trainer` (the first model is the supervised arm's of the same seed: kept where that arm
-    trained it). Without `resume` an earlier run's work and datasets are removed first."""
+    every model with `trainer` (the first model is the supervised arm's of the same seed, or its `first_arm`'s:
+    kept where that arm trained it). Without `resume` an earlier run's work and datasets are removed first."""
     target, rounds = offline_target_id(job, profile), offline_rounds(job.arm)
     out = join(work, "self_training", tag)
     if not resume:
@@ -195,6 +195,7 @@ def self_train_arm(job: Job, trainer: str, profile: Profile, env: Dict[str, str]
            "-np", str(profile.preprocess_processes)]
     cmd += ["--keep-fraction", str(options["keep_fraction"])] if "keep_fraction" in options else []
     cmd += ["--rounds", str(rounds)] if rounds > 1 else []
+    cmd += ["--first-trainer", profile.trainer(str(options["first_arm"]))] if "first_arm" in options else []
     seconds = pipeline.run_logged(cmd, env, join(work, "logs", f"self_train_{tag}.log"))
     with open(join(out, "self_training.json")) as f:
         state = json.load(f)
