@@ -2,8 +2,10 @@
 
 nnUNetTrainerBCP: after a warm-up of nnU-Net training, every step mixes the labelled and the unlabelled batch as
 BCP does (nnunet_qg/copy_paste.py: a box of each labelled patch pasted into an unlabelled one and the other way
-round) and trains the student on the mixed images only, against the label in the labelled part and the EMA
-teacher's pseudo-label in the unlabelled part (weight `copy_paste_unlabeled_weight`, BCP's u_weight 0.5).
+round) and trains the student on the mixed images, against the label in the labelled part and the EMA
+teacher's pseudo-label in the unlabelled part (weight `copy_paste_unlabeled_weight`, BCP's u_weight 0.5), and, in
+the same pass, on the plain labelled batch with nnU-Net's loss (`copy_paste_plain_labelled_weight` 1; BCP's code
+trains on mixed images only, which measured worse: issue #36, docs/results.md).
 nnUNetTrainerBCP_QG: the same, with the unlabelled part of each mixed image weighted by its pseudo-label's
 quality weight (the teacher's mirror agreement, as in nnUNetTrainerQGSSL_PLQW): the same score, weights and
 normalisation (sum w l / sum w) as PL-QW, on the pseudo-labelled part of the loss.
@@ -40,8 +42,9 @@ class nnUNetTrainerBCP(nnUNetTrainerQGSSL_PLQW):
         # 40,000 iterations)
         self.copy_paste_start_fraction = 0.15
         # > 0: the student also sees the plain labelled batch in the same pass, its nnU-Net loss at this weight
-        # (BCP's code has no such term after its pre-training; research option, issue #36)
-        self.copy_paste_plain_labelled_weight = 0.0
+        # (BCP's code has no such term after its pre-training: 0 = BCP's mixed images only, which measured worse on
+        # one labelled case, the EMA teacher's pseudo-labels 0.49-0.56 true Dice against 0.69-0.70; issue #36)
+        self.copy_paste_plain_labelled_weight = 1.0
         self.unlabeled_separate_backward = False  # one pass over the 2B mixed images
         self._box_rng: Optional[np.random.Generator] = None
 

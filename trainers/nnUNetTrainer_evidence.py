@@ -178,11 +178,23 @@ class nnUNetTrainerQGSSL_PLQW_gWeightsRefreshCorrupted_evidence(nnUNetTrainerQGS
 
 
 class nnUNetTrainerBCP_evidence(EvidenceBudget, SeededTraining, WithheldLabels, nnUNetTrainerBCP):
-    """bcp: bidirectional copy-paste, no quality guidance (the strong base, issue #36)."""
+    """bcp: bidirectional copy-paste as BCP's code trains, on mixed images only (copy_paste_plain_labelled_weight
+    0, the default when its rows were trained), no quality guidance (issue #36)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.copy_paste_plain_labelled_weight = 0.0
 
 
 class nnUNetTrainerBCP_QG_evidence(EvidenceBudget, SeededTraining, WithheldLabels, nnUNetTrainerBCP_QG):
-    """bcp_qg: bidirectional copy-paste with the mirror agreement's quality weights (the candidate)."""
+    """bcp_qg: bidirectional copy-paste on mixed images only (copy_paste_plain_labelled_weight 0, as its rows were
+    trained) with the mirror agreement's quality weights."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.copy_paste_plain_labelled_weight = 0.0
 
 
 class nnUNetTrainerBCP_QGlabelled_evidence(nnUNetTrainerBCP_QG_evidence):
@@ -206,7 +218,13 @@ class nnUNetTrainerBCPlabelled_evidence(nnUNetTrainerBCP_evidence):
 
 
 class nnUNetTrainerBCPOracle_evidence(EvidenceBudget, SeededTraining, OracleWeights, WithheldLabels, nnUNetTrainerBCP):
-    """bcp_oracle: bidirectional copy-paste with the weights of a perfect score (the headroom)."""
+    """bcp_oracle: bidirectional copy-paste on mixed images only (copy_paste_plain_labelled_weight 0) with the
+    weights of a perfect score (the headroom)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.copy_paste_plain_labelled_weight = 0.0
 
 
 
