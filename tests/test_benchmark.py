@@ -204,7 +204,8 @@ def test_offline_arms_datasets_never_collide():
     evidence = PROFILES["evidence"]
     ids = {}
     for arm, rounds in (("offline_pl", 1), ("offline_pl_gated", 1), ("offline_pl_gated_2rounds", 2),
-                        ("offline_pl_gated_from_bcp", 1)):
+                        ("offline_pl_gated_from_bcp", 1), ("offline_pl_gated_from_bcp_qg", 1),
+                        ("offline_pl_from_bcp", 1)):
         for seed in range(10 // rounds):
             first = offline_target_id(Job(arm, "1labelled", seed, 810), evidence)
             for r in range(rounds):

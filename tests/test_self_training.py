@@ -173,7 +173,8 @@ def test_first_model_from_a_semi_supervised_trainer(phantom_copy, tmp_path):
     env, out, first = phantom_copy, tmp_path / "out", "nnUNetTrainerBCP_debug"
     proc = _self_train(env, out, "--first-trainer", first, "--keep-fraction", "0.5", target="963")
     results = Path(env["nnUNet_results"])
-    assert (results / PHANTOM_DATASET / f"{first}__nnUNetPlans__3d_fullres" / "fold_0" / "checkpoint_final.pth").is_file()
+    first_fold = results / PHANTOM_DATASET / f"{first}__nnUNetPlans__3d_fullres" / "fold_0"
+    assert (first_fold / "checkpoint_final.pth").is_file()
     assert not (results / PHANTOM_DATASET / f"{TRAINER}__nnUNetPlans__3d_fullres").exists()
     final = results / "Dataset963_PhantomSelfTrain1" / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
     assert (final / "checkpoint_final.pth").is_file()

@@ -46,6 +46,8 @@ ARMS: Dict[str, str] = {
     "offline_pl_gated": "nnUNetTrainer",  # the half with the best predicted Dice (nnUNetv2_predict_quality) kept
     "offline_pl_gated_2rounds": "nnUNetTrainer",  # the same, a second round from the first round's model
     "offline_pl_gated_from_bcp": "nnUNetTrainer",  # offline_pl_gated whose first model is bcp_labelled's
+    "offline_pl_gated_from_bcp_qg": "nnUNetTrainer",  # the same from bcp_qg_labelled's model (nnUNetTrainerBCP_QG's)
+    "offline_pl_from_bcp": "nnUNetTrainer",  # offline_pl from bcp_labelled's model (the gate's share on this base)
 }
 # the offline arms' nnUNetv2_qg_self_train options (keep every case, or a fraction fixed before any run: never chosen
 # on test labels); first_arm: the arm whose trainer makes the first model (--first-trainer; that arm's model of the
@@ -53,7 +55,9 @@ ARMS: Dict[str, str] = {
 OFFLINE_ARMS: Dict[str, Dict[str, object]] = {
     "offline_pl": {}, "offline_pl_gated": {"keep_fraction": 0.5},
     "offline_pl_gated_2rounds": {"keep_fraction": 0.5, "rounds": 2},
-    "offline_pl_gated_from_bcp": {"keep_fraction": 0.5, "first_arm": "bcp_labelled"}}
+    "offline_pl_gated_from_bcp": {"keep_fraction": 0.5, "first_arm": "bcp_labelled"},
+    "offline_pl_gated_from_bcp_qg": {"keep_fraction": 0.5, "first_arm": "bcp_qg_labelled"},
+    "offline_pl_from_bcp": {"first_arm": "bcp_labelled"}}
 # the pseudo-labelled dataset of an offline run's round r (1, 2, ...): base dataset id + OFFLINE_ID_OFFSET +
 # 10 * (offline arm index) + rounds * seed + r - 1
 OFFLINE_ID_OFFSET = 20
@@ -61,6 +65,8 @@ OFFLINE_ID_OFFSET = 20
 # labelled batch's loss
 COPY_PASTE_ARMS = ("bcp", "bcp_qg", "bcp_oracle", "bcp_qg_labelled", "bcp_labelled", "bcp_oracle_labelled")
 SELF_TRAIN_ARMS = ("self_train", "self_train_qg", "self_train_oracle")
+# the offline arms whose first model is a copy-paste arm's
+FROM_COPY_PASTE_ARMS = ("offline_pl_gated_from_bcp", "offline_pl_gated_from_bcp_qg", "offline_pl_from_bcp")
 # the evidence budget only
 CONTROL_ARMS = ("unweighted_pl", "oracle_pl", "shuffled_pl", "pl_mirror_batch_size", "pl_mirror_ema999",
                 "pl_mirror_unlabeled2x", "pl_mirror_tau08", "pl_mirror_fg33", "pl_qw_refresh_corrupted",
@@ -79,17 +85,17 @@ EVIDENCE_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_qw", "oracle_pl
                  "mean_teacher", "pl_mirror_batch_size", "pl_mirror_ema999", "pl_mirror_unlabeled2x",
                  "pl_mirror_tau08", "pl_mirror_fg33", "pl_qw_refresh_corrupted", "pl_mirror_lean", "pl_mirror_average",
                  "pl_mirror_skip_absent", "pl_mirror_flip_all", "offline_pl", "offline_pl_gated",
-                 "offline_pl_gated_2rounds") + COPY_PASTE_ARMS + ("offline_pl_gated_from_bcp",) + SELF_TRAIN_ARMS
+                 "offline_pl_gated_2rounds") + COPY_PASTE_ARMS + FROM_COPY_PASTE_ARMS + SELF_TRAIN_ARMS
 EVIDENCE_FEWER_RUNS = {UPPER_BOUND: 3, "qg_ssl": 3, "shuffled_pl": 3, "mean_teacher": 3, "pl_mirror_batch_size": 3,
                        "pl_mirror_ema999": 3, "pl_mirror_unlabeled2x": 3, "pl_mirror_tau08": 3, "pl_mirror_fg33": 3,
                        "pl_qw_refresh_corrupted": 3, "pl_mirror_lean": 3, "pl_mirror_average": 3,
                        "pl_mirror_skip_absent": 3, "pl_mirror_flip_all": 3, "offline_pl": 3, "offline_pl_gated": 3,
-                       "offline_pl_gated_2rounds": 3, "offline_pl_gated_from_bcp": 3}
+                       "offline_pl_gated_2rounds": 3, **{arm: 3 for arm in FROM_COPY_PASTE_ARMS}}
 
 # the ACDC protocol's arms (profile evidence-acdc): the bounds, today's pseudo-label arms (g's weights where g learns
 # from 6 labelled volumes: pl_qw), offline self-training, the copy-paste base
 ACDC_ARMS = ("supervised", UPPER_BOUND, "unweighted_pl", "pl_mirror", "oracle_pl", "pl_qw", "offline_pl",
-             "offline_pl_gated", "offline_pl_gated_2rounds") + COPY_PASTE_ARMS + ("offline_pl_gated_from_bcp",) \
+             "offline_pl_gated", "offline_pl_gated_2rounds") + COPY_PASTE_ARMS + FROM_COPY_PASTE_ARMS \
     + SELF_TRAIN_ARMS
 
 
