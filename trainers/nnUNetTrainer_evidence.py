@@ -177,9 +177,9 @@ class nnUNetTrainerQGSSL_PLQW_gWeightsRefreshCorrupted_evidence(nnUNetTrainerQGS
         self.quality_refresh_real_fraction = 0.0
 
 
-class nnUNetTrainerBCP_evidence(EvidenceBudget, SeededTraining, WithheldLabels, nnUNetTrainerBCP):
-    """bcp: bidirectional copy-paste as BCP's code trains, on mixed images only (copy_paste_plain_labelled_weight
-    0, the default when its rows were trained), no quality guidance (issue #36)."""
+class MixedImagesOnly:
+    """The copy-paste step as BCP's code trains it, on mixed images only (copy_paste_plain_labelled_weight 0, the
+    default when the bcp, bcp_qg and bcp_oracle rows were trained; issue #36)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -187,55 +187,33 @@ class nnUNetTrainerBCP_evidence(EvidenceBudget, SeededTraining, WithheldLabels, 
         self.copy_paste_plain_labelled_weight = 0.0
 
 
-class nnUNetTrainerBCP_QG_evidence(EvidenceBudget, SeededTraining, WithheldLabels, nnUNetTrainerBCP_QG):
-    """bcp_qg: bidirectional copy-paste on mixed images only (copy_paste_plain_labelled_weight 0, as its rows were
-    trained) with the mirror agreement's quality weights."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.copy_paste_plain_labelled_weight = 0.0
+class nnUNetTrainerBCPlabelled_evidence(EvidenceBudget, SeededTraining, WithheldLabels, nnUNetTrainerBCP):
+    """bcp_labelled: nnUNetTrainerBCP as shipped (the plain labelled batch's loss beside the mixed images), no
+    quality weights: bcp_qg_labelled's control, so that bcp_qg_labelled minus it is the weights' share."""
 
 
-class nnUNetTrainerBCP_QGlabelled_evidence(nnUNetTrainerBCP_QG_evidence):
-    """bcp_qg_labelled: bcp_qg with the student's nnU-Net loss on the plain labelled batch beside the mixed images
-    (copy_paste_plain_labelled_weight 1; issue #36: does it keep the teacher's pseudo-labels at _PLQW's level?)."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.copy_paste_plain_labelled_weight = 1.0
+class nnUNetTrainerBCP_QGlabelled_evidence(EvidenceBudget, SeededTraining, WithheldLabels, nnUNetTrainerBCP_QG):
+    """bcp_qg_labelled: nnUNetTrainerBCP_QG as shipped, the mirror agreement's weights on the pseudo-labelled part
+    (its first rows were trained while the plain labelled loss was a research option this class switched on)."""
 
 
-class nnUNetTrainerBCPlabelled_evidence(nnUNetTrainerBCP_evidence):
-    """bcp_labelled: bcp with the plain labelled batch's loss (copy_paste_plain_labelled_weight 1), no quality
-    weights: bcp_qg_labelled's control, so that bcp_qg_labelled minus it is the weights' share (issue #36)."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.copy_paste_plain_labelled_weight = 1.0
+class nnUNetTrainerBCPOraclelabelled_evidence(EvidenceBudget, SeededTraining, OracleWeights, WithheldLabels,
+                                              nnUNetTrainerBCP):
+    """bcp_oracle_labelled: bcp_labelled with the weights of a perfect score (withheld labels): the headroom of
+    quality weights on this base."""
 
 
-class nnUNetTrainerBCPOracle_evidence(EvidenceBudget, SeededTraining, OracleWeights, WithheldLabels, nnUNetTrainerBCP):
-    """bcp_oracle: bidirectional copy-paste on mixed images only (copy_paste_plain_labelled_weight 0) with the
-    weights of a perfect score (the headroom)."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.copy_paste_plain_labelled_weight = 0.0
+class nnUNetTrainerBCP_evidence(MixedImagesOnly, nnUNetTrainerBCPlabelled_evidence):
+    """bcp: bidirectional copy-paste on mixed images only, no quality guidance."""
 
 
+class nnUNetTrainerBCP_QG_evidence(MixedImagesOnly, nnUNetTrainerBCP_QGlabelled_evidence):
+    """bcp_qg: bidirectional copy-paste on mixed images only, with the mirror agreement's quality weights."""
 
-class nnUNetTrainerBCPOraclelabelled_evidence(nnUNetTrainerBCPOracle_evidence):
-    """bcp_oracle_labelled: bcp_oracle with the plain labelled batch's loss (copy_paste_plain_labelled_weight 1):
-    the headroom of quality weights on bcp_qg_labelled's base."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.copy_paste_plain_labelled_weight = 1.0
+class nnUNetTrainerBCPOracle_evidence(MixedImagesOnly, nnUNetTrainerBCPOraclelabelled_evidence):
+    """bcp_oracle: bidirectional copy-paste on mixed images only, with the weights of a perfect score."""
+
 
 class nnUNetTrainer_evidenceCurve(nnUNetTrainer_evidence):
     """Protocol design: the supervised arm, with the network kept after some epochs
